@@ -1,0 +1,402 @@
+"""Datasets and data regimes, all as uint8 tensors (N, 3, H, W) plus int64 labels.
+
+A batch starts here: `load_dataset` reads the pickles, `apply_regime` picks the training
+indices, `epoch_batches` yields index batches and `augment` crops/flips them on the device.
+"""
+import math
+import os
+import pickle
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+DATASETS = ["cifar10", "cifar100", "synthetic"]
+REGIMES = ["standard", "sparse", "many-classes", "imbalanced", "corrupted"]
+
+CIFAR = {  # folder inside --data-dir, official archive, its md5, pickle files, label key
+    "cifar10": dict(folder="cifar-10-batches-py",
+                    url="https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+                    md5="c58f30108f718f92721af3b95e74349a",
+                    train=[f"data_batch_{i}" for i in range(1, 6)], test=["test_batch"],
+                    label_key=b"labels", meta="batches.meta", names_key=b"label_names", classes=10),
+    "cifar100": dict(folder="cifar-100-python",
+                     url="https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
+                     md5="eb9058c3a382ffc7106e4002c42a8d85",
+                     train=["train"], test=["test"],
+                     label_key=b"fine_labels", meta="meta", names_key=b"fine_label_names", classes=100),
+}
+
+
+class DataError(Exception):
+    """A dataset or regime request that cannot be met; the message is shown to the user as is."""
+
+
+# ----------------------------------------------------------------------------- CIFAR
+
+def _read_pickle_batches(folder, files, label_key):
+    """Concatenate official CIFAR pickle batches into (uint8 images N x 3 x 32 x 32, int64 labels)."""
+    images, labels = [], []
+    for name in files:
+        path = os.path.join(folder, name)
+        try:
+            with open(path, "rb") as f:
+                entry = pickle.load(f, encoding="bytes")
+            data = np.asarray(entry[b"data"], dtype=np.uint8)
+            lab = np.asarray(entry[label_key], dtype=np.int64)
+        except FileNotFoundError:
+            raise DataError(f"dataset folder {folder} is incomplete: {name} is missing")
+        except Exception as e:  # truncated file, wrong format, missing key
+            raise DataError(f"dataset file {path} is corrupt ({type(e).__name__}: {e}); delete the folder and fetch it again")
+        if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(lab) != len(data):
+            raise DataError(f"dataset file {path} is corrupt: data shape {data.shape}, {len(lab)} labels")
+        images.append(data.reshape(-1, 3, 32, 32))
+        labels.append(lab)
+    return torch.from_numpy(np.concatenate(images)), torch.from_numpy(np.concatenate(labels))
+
+
+def load_cifar(name, data_dir, download=True):
+    """Load CIFAR-10/100 from its official python pickle folder, downloading the archive if it is missing."""
+    spec = CIFAR[name]
+    folder = os.path.join(data_dir, spec["folder"])
+    if not os.path.isdir(folder):
+        if not download:
+            raise DataError(f"{name} not found: expected the folder {folder} (pass --download to fetch it)")
+        from torchvision.datasets.utils import download_and_extract_archive
+        try:
+            download_and_extract_archive(spec["url"], data_dir, md5=spec["md5"])
+        except Exception as e:
+            raise DataError(f"{name} not found at {folder} and the download from {spec['url']} failed "
+                            f"({type(e).__name__}); offline, put the extracted '{spec['folder']}' folder "
+                            f"in {data_dir} (see README: 'CIFAR data offline')")
+    x_train, y_train = _read_pickle_batches(folder, spec["train"], spec["label_key"])
+    x_test, y_test = _read_pickle_batches(folder, spec["test"], spec["label_key"])
+    for y in (y_train, y_test):
+        if y.min() < 0 or y.max() >= spec["classes"]:
+            raise DataError(f"dataset folder {folder} is corrupt: labels outside 0..{spec['classes'] - 1}")
+    try:
+        with open(os.path.join(folder, spec["meta"]), "rb") as f:
+            names = [n.decode() for n in pickle.load(f, encoding="bytes")[spec["names_key"]]]
+    except Exception:
+        names = [str(i) for i in range(spec["classes"])]
+    return dict(x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test,
+                num_classes=spec["classes"], class_names=names)
+
+
+# ----------------------------------------------------------------------------- synthetic
+
+SHAPES = ["disk", "square", "triangle-up", "diamond", "plus", "x-cross", "ring", "h-bar", "v-bar", "triangle-down"]
+
+
+def _shape_masks(shape_ids, u, v):
+    """Boolean masks (N, H, W) of each image's shape, from centred, scaled coordinates u (right) and v (down)."""
+    r2 = u * u + v * v
+    au, av = np.abs(u), np.abs(v)
+    inside = np.abs(v) <= 0.8
+    masks = np.stack([
+        r2 <= 1.0,
+        np.maximum(au, av) <= 0.8,
+        inside & (au <= (v + 0.8) * 0.6),
+        au + av <= 1.0,
+        ((au <= 0.3) & (av <= 1.0)) | ((av <= 0.3) & (au <= 1.0)),
+        (np.abs(au - av) <= 0.3) & (np.maximum(au, av) <= 0.9),
+        (r2 >= 0.5 ** 2) & (r2 <= 1.0),
+        (au <= 1.0) & (av <= 0.35),
+        (av <= 1.0) & (au <= 0.35),
+        inside & (au <= (0.8 - v) * 0.6),
+    ])
+    return masks[shape_ids, np.arange(len(shape_ids))]
+
+
+def make_synthetic(per_class, num_classes=10, size=32, seed=0):
+    """Generate images whose class is a shape, with random position, scale, colour and background noise."""
+    rng = np.random.RandomState(seed)
+    n = per_class * num_classes
+    labels = np.repeat(np.arange(num_classes), per_class)
+    rng.shuffle(labels)
+    scale = rng.uniform(0.2, 0.38, n) * size
+    cx = rng.uniform(-0.15, 0.15, n) * size + size / 2
+    cy = rng.uniform(-0.15, 0.15, n) * size + size / 2
+    grid = np.arange(size) + 0.5
+    u = (grid[None, None, :] - cx[:, None, None]) / scale[:, None, None]
+    v = (grid[None, :, None] - cy[:, None, None]) / scale[:, None, None]
+    mask = _shape_masks(labels, u, v)[:, None]  # N, 1, H, W
+    # Random dark background and bright foreground colours: the shape, not the colour, carries the class,
+    # and a fixed sign of contrast keeps it learnable in seconds by a small ViT as well as a CNN.
+    background = rng.uniform(0.0, 0.45, (n, 3, 1, 1))
+    foreground = rng.uniform(0.55, 1.0, (n, 3, 1, 1))
+    img = np.where(mask, foreground, background) + rng.normal(0, 0.04, (n, 3, size, size))
+    img = np.clip(np.rint(img * 255), 0, 255).astype(np.uint8)
+    return torch.from_numpy(img), torch.from_numpy(labels.astype(np.int64))
+
+
+def load_synthetic(per_class=500, num_classes=10, size=32):
+    """The offline dataset: per_class training and per_class // 5 test images per class, fixed seeds."""
+    if not 2 <= num_classes <= len(SHAPES):
+        raise DataError(f"synthetic classes must be in 2..{len(SHAPES)}, got {num_classes}")
+    x_train, y_train = make_synthetic(per_class, num_classes, size, seed=1)
+    x_test, y_test = make_synthetic(max(per_class // 5, 2), num_classes, size, seed=2)
+    return dict(x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test,
+                num_classes=num_classes, class_names=SHAPES[:num_classes])
+
+
+def load_dataset(name, data_dir, download=True, synthetic_per_class=500, synthetic_size=32):
+    """Load a dataset by name into uint8 tensors; raises DataError with a user-facing message."""
+    if name == "synthetic":
+        return load_synthetic(synthetic_per_class, size=synthetic_size)
+    if name not in CIFAR:
+        raise DataError(f"unknown dataset '{name}'; choose from {', '.join(DATASETS)}")
+    return load_cifar(name, data_dir, download)
+
+
+# ----------------------------------------------------------------------------- splits and regimes
+
+def class_permutations(labels, num_classes, seed):
+    """For each class, its sample indices in a seeded random order: every subset is a prefix, so subsets nest."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for c in range(num_classes):
+        idx = torch.nonzero(labels == c).flatten()
+        out.append(idx[torch.randperm(len(idx), generator=g)])
+    return out
+
+
+def stratified_split(labels, num_classes, val_fraction, seed):
+    """Split indices into (train, val) with round(val_fraction * class size) of every class in val."""
+    train, val = [], []
+    for idx in class_permutations(labels, num_classes, seed):
+        k = int(round(val_fraction * len(idx)))
+        val.append(idx[:k])
+        train.append(idx[k:])
+    return torch.cat(train).sort().values, torch.cat(val).sort().values
+
+
+def long_tail_counts(n_max, num_classes, ratio, profile="exp"):
+    """Per-class sizes of a long-tailed set: exp n_i = n_max * ratio^(-i/(C-1)), step: half the classes n_max / ratio."""
+    if profile == "exp":
+        return [int(n_max * ratio ** (-i / (num_classes - 1))) for i in range(num_classes)]
+    return [n_max if i < num_classes // 2 else int(n_max / ratio) for i in range(num_classes)]
+
+
+def regime_indices(labels, num_classes, args, seed):
+    """Indices (into labels) of the training samples the regime keeps; identical for every architecture."""
+    perms = class_permutations(labels, num_classes, seed + 1)  # independent of the validation split's order
+    sizes = [len(p) for p in perms]
+    if args.regime == "sparse":
+        if args.per_class is not None:
+            if args.per_class > min(sizes):
+                raise DataError(f"--per-class {args.per_class} is larger than the smallest class "
+                                f"({min(sizes)} training images after the validation split); allowed: 1..{min(sizes)}")
+            keep = [args.per_class] * num_classes
+        else:
+            keep = [max(1, int(round(args.fraction * s))) for s in sizes]
+    elif args.regime == "imbalanced":
+        keep = long_tail_counts(min(sizes), num_classes, args.imbalance_ratio, args.imbalance_profile)
+        keep = [max(1, k) for k in keep]
+    else:
+        keep = sizes
+    return torch.cat([p[:k] for p, k in zip(perms, keep)]).sort().values
+
+
+def build_data(args, seed):
+    """Load the dataset and apply split and regime: returns train/val/test tensors and per-class counts."""
+    raw = load_dataset(args.dataset, args.data_dir, download=not args.no_download,
+                       synthetic_per_class=args.synthetic_per_class, synthetic_size=args.synthetic_size)
+    C = raw["num_classes"]
+    x, y = raw["x_train"], raw["y_train"]
+    train_idx, val_idx = stratified_split(y, C, args.val_fraction, seed)
+    keep = train_idx[regime_indices(y[train_idx], C, args, seed)]
+    x_train, y_train = x[keep].clone(), y[keep].clone()
+    if args.train_corruption:
+        # A fixed, seeded share of training images is replaced by its corrupted version once, before training.
+        g = torch.Generator().manual_seed(seed + 2)
+        pick = torch.randperm(len(x_train), generator=g)[: int(round(args.train_corruption_fraction * len(x_train)))]
+        x_train[pick] = corrupt(x_train[pick], args.train_corruption, args.train_severity, seed=seed + 3)
+    counts = lambda labels: torch.bincount(labels, minlength=C).tolist()
+    mean, std = channel_stats(x_train)
+    return dict(x_train=x_train, y_train=y_train, x_val=x[val_idx], y_val=y[val_idx],
+                x_test=raw["x_test"], y_test=raw["y_test"], num_classes=C, class_names=raw["class_names"],
+                mean=mean, std=std,
+                counts=dict(train=counts(y_train), val=counts(y[val_idx]), test=counts(raw["y_test"])))
+
+
+def channel_stats(images, chunk=8192):
+    """Per-channel mean and std of uint8 images in [0, 1] units, in chunks to bound memory."""
+    s = torch.zeros(3, dtype=torch.float64)
+    s2 = torch.zeros(3, dtype=torch.float64)
+    for i in range(0, len(images), chunk):
+        x = images[i:i + chunk].double() / 255
+        s += x.sum((0, 2, 3))
+        s2 += (x * x).sum((0, 2, 3))
+    n = len(images) * images.shape[2] * images.shape[3]
+    mean = s / n
+    return mean.float().tolist(), (s2 / n - mean * mean).clamp_min(1e-12).sqrt().float().tolist()
+
+
+# ----------------------------------------------------------------------------- batches and augmentation
+
+def epoch_batches(n, batch_size, epoch, seed, rank=0, world_size=1):
+    """This rank's batches for one epoch: (indices, augmentation key, global batch size, this rank's slice).
+
+    Every rank draws the same seeded permutation and cuts it into global batches; rank r takes the r-th
+    equal slice of each. The tail that does not divide by world_size is dropped, so shards are disjoint and
+    equal, and global batch i holds the same samples for any number of processes.
+    """
+    g = torch.Generator().manual_seed(seed * 100003 + epoch)
+    perm = torch.randperm(n, generator=g)
+    perm = perm[: n - n % world_size]
+    batches = []
+    for i, start in enumerate(range(0, len(perm), batch_size)):
+        glob = perm[start:start + batch_size]
+        per_rank = len(glob) // world_size
+        rank_slice = slice(rank * per_rank, (rank + 1) * per_rank)
+        batches.append((glob[rank_slice], epoch * 1000003 + i, len(glob), rank_slice))
+    return batches
+
+
+def augment(images, key, global_size, seed, rank_slice, pad=4):
+    """Random crop (zero padding `pad`) and horizontal flip of a uint8 batch, on the batch's device.
+
+    The random numbers are drawn for the whole global batch from a generator seeded by (seed, key) and this
+    rank takes its slice, so the augmentation matches the single-process run sample for sample.
+    """
+    n, c, h, w = images.shape
+    dev = images.device
+    g = torch.Generator().manual_seed(seed * 7919 + key)
+    shifts = torch.randint(0, 2 * pad + 1, (global_size, 2), generator=g)[rank_slice].to(dev)
+    flips = (torch.rand(global_size, generator=g) < 0.5)[rank_slice].to(dev)
+    padded = F.pad(images, (pad, pad, pad, pad))
+    rows = shifts[:, 0, None] + torch.arange(h, device=dev)  # n, h
+    cols = shifts[:, 1, None] + torch.arange(w, device=dev)  # n, w
+    cols = torch.where(flips[:, None], cols.flip(1), cols)
+    batch = torch.arange(n, device=dev)[:, None, None, None]
+    chan = torch.arange(c, device=dev)[None, :, None, None]
+    return padded[batch, chan, rows[:, None, :, None], cols[:, None, None, :]]
+
+
+def normalize(images, mean, std):
+    """uint8 (N, 3, H, W) to float32, standardised per channel."""
+    mean = torch.tensor(mean, device=images.device).view(1, -1, 1, 1)
+    std = torch.tensor(std, device=images.device).view(1, -1, 1, 1)
+    return (images.float() / 255 - mean) / std
+
+
+# ----------------------------------------------------------------------------- corruptions (CIFAR-10-C)
+# Parameters are Hendrycks & Dietterich's CIFAR-10-C ones (make_cifar_c.py), computed on float tensors in
+# [0, 1]. Random corruptions take an explicit seed so that every architecture sees the same corrupted images.
+
+def _gaussian_kernel1d(sigma, radius):
+    x = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    k = torch.exp(-x * x / (2 * sigma * sigma))
+    return k / k.sum()
+
+
+def _filter(x, kernel):
+    """Convolve every channel with a 2-D kernel, reflecting at the border as scipy/cv2 do."""
+    kh, kw = kernel.shape
+    x = F.pad(x, (kw // 2, kw // 2, kh // 2, kh // 2), mode="reflect")
+    weight = kernel.to(x)[None, None].repeat(x.shape[1], 1, 1, 1)
+    return F.conv2d(x, weight, groups=x.shape[1])
+
+
+def _gaussian_blur(x, sigma):
+    radius = max(1, int(4 * sigma + 0.5))  # scipy.ndimage.gaussian_filter's default truncation
+    k = _gaussian_kernel1d(sigma, radius)
+    return _filter(x, k[:, None] * k[None, :])
+
+
+def _defocus_blur(x, radius, alias_blur):
+    r = 8 if radius <= 8 else int(radius)
+    L = torch.arange(-r, r + 1, dtype=torch.float32)
+    disk = ((L[:, None] ** 2 + L[None, :] ** 2) <= radius ** 2).float()
+    disk = disk / disk.sum()
+    g = _gaussian_kernel1d(alias_blur, 1)  # cv2.GaussianBlur with ksize (3, 3)
+    disk = _filter(disk[None, None], g[:, None] * g[None, :])[0, 0]
+    return _filter(x, disk)
+
+
+def _scale_saturation(x, factor, add):
+    """Set HSV saturation s to clip(s * factor + add), keeping hue and value (exact in RGB)."""
+    v = x.max(1, keepdim=True).values
+    mn = x.min(1, keepdim=True).values
+    s = torch.where(v > 0, (v - mn) / v.clamp_min(1e-12), torch.zeros_like(v))
+    s_new = (s * factor + add).clamp(0, 1)
+    scaled = v - (v - x) * s_new / s.clamp_min(1e-12)
+    # Grey pixels have hue 0 (red) by the HSV convention, so added saturation tints them red.
+    grey = torch.cat([v, v * (1 - s_new), v * (1 - s_new)], 1)
+    return torch.where(s > 0, scaled, grey)
+
+
+def _brightness(x, c):
+    v = x.max(1, keepdim=True).values
+    v_new = (v + c).clamp(0, 1)
+    return torch.where(v > 0, x * v_new / v.clamp_min(1e-12), v_new.expand_as(x))
+
+
+def _box_matrix(n_out, n_in):
+    """(n_out, n_in) weights of PIL's BOX resampling: each output pixel averages the input it covers, by overlap."""
+    scale = n_in / n_out
+    start = torch.arange(n_out, dtype=torch.float64)[:, None] * scale
+    left = torch.arange(n_in, dtype=torch.float64)[None, :]
+    overlap = (torch.minimum(start + scale, left + 1) - torch.maximum(start, left)).clamp_min(0)
+    return (overlap / overlap.sum(1, keepdim=True)).float()
+
+
+def _pixelate(x, c):
+    """Box-downsample to c times the size and box-upsample back, as PIL's resize(BOX) twice."""
+    h, w = x.shape[-2:]
+    sh, sw = int(h * c), int(w * c)
+    down_h, down_w = _box_matrix(sh, h).to(x), _box_matrix(sw, w).to(x)
+    up_h, up_w = _box_matrix(h, sh).to(x), _box_matrix(w, sw).to(x)
+    small = down_h @ x @ down_w.T
+    return up_h @ small @ up_w.T
+
+
+def _jpeg(x_uint8, quality):
+    from torchvision.io import decode_jpeg, encode_jpeg
+    encoded = encode_jpeg(list(x_uint8.cpu()), quality=quality)
+    return torch.stack(decode_jpeg(encoded)).to(x_uint8.device)
+
+
+CORRUPTIONS = {  # name -> (severity parameters 1..5, fn(float images in [0, 1], parameter, generator))
+    "gaussian_noise": ([0.04, 0.06, 0.08, 0.09, 0.10],
+                       lambda x, c, g: x + c * torch.randn(x.shape, generator=g).to(x)),
+    "shot_noise": ([500, 250, 100, 75, 50],
+                   lambda x, c, g: torch.poisson((x * c).cpu(), generator=g).to(x) / c),
+    "impulse_noise": ([0.01, 0.02, 0.03, 0.05, 0.07],
+                      lambda x, c, g: _salt_pepper(x, c, g)),
+    "speckle_noise": ([0.06, 0.10, 0.12, 0.16, 0.20],
+                      lambda x, c, g: x + x * c * torch.randn(x.shape, generator=g).to(x)),
+    "gaussian_blur": ([0.4, 0.6, 0.7, 0.8, 1.0], lambda x, c, g: _gaussian_blur(x, c)),
+    "defocus_blur": ([(0.3, 0.4), (0.4, 0.5), (0.5, 0.6), (1, 0.2), (1.5, 0.1)],
+                     lambda x, c, g: _defocus_blur(x, *c)),
+    "contrast": ([0.75, 0.5, 0.4, 0.3, 0.15],
+                 lambda x, c, g: (x - x.mean((2, 3), keepdim=True)) * c + x.mean((2, 3), keepdim=True)),
+    "brightness": ([0.05, 0.1, 0.15, 0.2, 0.3], lambda x, c, g: _brightness(x, c)),
+    "saturate": ([(0.3, 0), (0.1, 0), (1.5, 0), (2, 0.1), (2.5, 0.2)],
+                 lambda x, c, g: _scale_saturation(x, *c)),
+    "pixelate": ([0.95, 0.9, 0.85, 0.75, 0.65], lambda x, c, g: _pixelate(x, c)),
+    "jpeg_compression": ([80, 65, 58, 50, 40], None),  # works on uint8, see corrupt()
+}
+
+
+def _salt_pepper(x, amount, g):
+    """skimage.util.random_noise(mode='s&p'): each value becomes 0 or 1 with probability amount, half each."""
+    hit = torch.rand(x.shape, generator=g).to(x) < amount
+    salt = torch.rand(x.shape, generator=g).to(x) < 0.5
+    return torch.where(hit, salt.to(x.dtype), x)
+
+
+def corrupt(images, name, severity, seed=0):
+    """Apply a CIFAR-10-C corruption at severity 1..5 to uint8 images; returns uint8, same shape and device."""
+    if name not in CORRUPTIONS:
+        raise DataError(f"unknown corruption '{name}'; choose from {', '.join(CORRUPTIONS)}")
+    if severity not in (1, 2, 3, 4, 5):
+        raise DataError(f"corruption severity must be 1..5, got {severity}")
+    params, fn = CORRUPTIONS[name]
+    c = params[severity - 1]
+    if fn is None:
+        return _jpeg(images, c)
+    g = torch.Generator().manual_seed(seed * 1009 + severity)
+    out = fn(images.float() / 255, c, g)
+    return (out.clamp(0, 1) * 255).round().to(torch.uint8)

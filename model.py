@@ -1,0 +1,135 @@
+"""Our ViT and torchvision's ResNets (with a small-image stem); `build_model` makes any of them by name."""
+import torch
+import torch.nn as nn
+import torchvision
+
+from attention import Attention, local_attention_mask
+
+# ViT presets for 32 px inputs. Shallow presets keep the default's width and cut its depth.
+VIT_PRESETS = {
+    "vit": dict(depth=6, dim=256, heads=8, mlp_ratio=2.0, patch_size=4),
+    "vit-tiny": dict(depth=12, dim=192, heads=3, mlp_ratio=4.0, patch_size=4),
+    "vit-small": dict(depth=12, dim=384, heads=6, mlp_ratio=4.0, patch_size=4),
+    "vit-shallow": dict(depth=2, dim=256, heads=8, mlp_ratio=2.0, patch_size=4),
+    "vit-shallow1": dict(depth=1, dim=256, heads=8, mlp_ratio=2.0, patch_size=4),
+}
+# ResNets: torchvision's, with `stages` residual stages kept (4 is the full network).
+RESNET_PRESETS = {
+    "resnet18": dict(base="resnet18", stages=4),
+    "resnet34": dict(base="resnet34", stages=4),
+    "resnet50": dict(base="resnet50", stages=4),
+    "resnet18-shallow": dict(base="resnet18", stages=2),
+    "resnet18-shallow3": dict(base="resnet18", stages=3),
+}
+ARCHS = list(VIT_PRESETS) + list(RESNET_PRESETS)
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drop a residual branch for a whole sample with probability p, rescaling the rest."""
+
+    def __init__(self, p):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x):
+        if not self.training or self.p == 0:
+            return x
+        keep = torch.rand(x.shape[0], 1, 1, device=x.device) >= self.p
+        return x * keep.to(x.dtype) / (1 - self.p)
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x))."""
+
+    def __init__(self, dim, heads, mlp_ratio, mask, dropout, drop_path):
+        super().__init__()
+        hidden = int(dim * mlp_ratio)
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = Attention(dim, heads, mask=mask)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout),
+                                 nn.Linear(hidden, dim), nn.Dropout(dropout))
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, x):
+        x = x + self.drop_path(self.attn(self.norm1(x)))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class ViT(nn.Module):
+    """Vision Transformer: conv patch embedding, cls token or mean pooling, learned positions, pre-norm blocks."""
+
+    def __init__(self, num_classes, image_size=32, patch_size=4, depth=6, dim=256, heads=8, mlp_ratio=2.0,
+                 pool="cls", attention="full", radius=1, dropout=0.0, drop_path=0.0):
+        super().__init__()
+        if image_size % patch_size:
+            raise ValueError(f"patch size {patch_size} does not divide the image size {image_size}")
+        grid = image_size // patch_size
+        self.pool = pool
+        self.patch_embed = nn.Conv2d(3, dim, patch_size, stride=patch_size)
+        n_tokens = grid * grid + (pool == "cls")
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim)) if pool == "cls" else None
+        self.pos_embed = nn.Parameter(torch.zeros(1, n_tokens, dim))
+        self.dropout = nn.Dropout(dropout)
+        mask = local_attention_mask(grid, grid, radius, pool == "cls") if attention == "local" else None
+        rates = torch.linspace(0, drop_path, depth).tolist()  # deeper blocks are dropped more often
+        self.blocks = nn.ModuleList(Block(dim, heads, mlp_ratio, mask, dropout, r) for r in rates)
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, num_classes)
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        if self.cls_token is not None:
+            nn.init.trunc_normal_(self.cls_token, std=0.02)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x):
+        x = self.patch_embed(x).flatten(2).transpose(1, 2)  # B, N, D
+        if self.cls_token is not None:
+            x = torch.cat([self.cls_token.expand(len(x), -1, -1), x], 1)
+        x = self.dropout(x + self.pos_embed)
+        for block in self.blocks:
+            x = block(x)
+        x = self.norm(x)
+        return self.head(x[:, 0] if self.pool == "cls" else x.mean(1))
+
+
+def resnet(base, num_classes, image_size=32, stages=4):
+    """torchvision ResNet; for inputs of 64 px or less a 3x3 stride-1 stem without max-pool; keeps `stages` stages."""
+    net = getattr(torchvision.models, base)(weights=None, num_classes=num_classes)
+    if image_size <= 64:
+        # The ImageNet stem (7x7 stride 2 + max-pool) shrinks a 32 px image to 8 px before any residual stage.
+        net.conv1 = nn.Conv2d(3, 64, 3, stride=1, padding=1, bias=False)
+        net.maxpool = nn.Identity()
+    layers = [net.layer1, net.layer2, net.layer3, net.layer4]
+    for i in range(stages, 4):
+        setattr(net, f"layer{i + 1}", nn.Identity())
+    width = layers[stages - 1][-1]
+    out_channels = (width.bn3 if hasattr(width, "bn3") else width.bn2).num_features
+    if stages < 4:
+        net.fc = nn.Linear(out_channels, num_classes)
+    return net
+
+
+def vit_config(arch, overrides=None):
+    """The ViT preset `arch` with any non-None command-line overrides applied."""
+    cfg = dict(VIT_PRESETS[arch])
+    cfg.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    return cfg
+
+
+def build_model(arch, num_classes, image_size=32, **kw):
+    """Build any model by name; ViT keywords: depth dim heads mlp_ratio patch_size pool attention radius dropout drop_path."""
+    if arch in RESNET_PRESETS:
+        p = RESNET_PRESETS[arch]
+        return resnet(p["base"], num_classes, image_size, kw.get("stages") or p["stages"])
+    kw.pop("stages", None)
+    if arch not in VIT_PRESETS:
+        raise ValueError(f"unknown architecture '{arch}'; choose from {', '.join(ARCHS)}")
+    return ViT(num_classes, image_size, **vit_config(arch, kw))
+
+
+def count_params(model):
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -1,0 +1,223 @@
+"""Datasets, splits, regimes, augmentation and corruptions, each checked against an independent computation."""
+import argparse
+import colorsys
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import data
+from conftest import write_cifar_folder
+
+# Cao et al. (LDAM, 2019) CIFAR-10-LT training-set sizes, class 0 the head.
+CIFAR10_LT_R100 = [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]
+CIFAR10_LT_R10 = [5000, 3871, 2997, 2320, 1796, 1391, 1077, 834, 645, 500]
+
+
+def regime_args(**kw):
+    base = dict(regime="standard", fraction=None, per_class=None, imbalance_ratio=100.0, imbalance_profile="exp")
+    base.update(kw)
+    return argparse.Namespace(**base)
+
+
+def test_long_tail_counts_match_published_cifar10_lt():
+    assert data.long_tail_counts(5000, 10, 100) == CIFAR10_LT_R100
+    assert data.long_tail_counts(5000, 10, 10) == CIFAR10_LT_R10
+    assert data.long_tail_counts(5000, 10, 100, "step") == [5000] * 5 + [50] * 5
+    assert data.long_tail_counts(5000, 10, 1) == [5000] * 10
+
+
+@pytest.mark.parametrize("ratio,expected", [(100, CIFAR10_LT_R100), (10, CIFAR10_LT_R10)])
+def test_imbalanced_regime_keeps_exact_counts_of_cifar10_sized_labels(ratio, expected):
+    labels = torch.arange(10).repeat_interleave(5000)[torch.randperm(50000)]
+    idx = data.regime_indices(labels, 10, regime_args(regime="imbalanced", imbalance_ratio=ratio), seed=3)
+    assert torch.bincount(labels[idx], minlength=10).tolist() == expected
+    assert len(set(idx.tolist())) == len(idx)
+
+
+def test_sparse_subsets_are_stratified_and_nested():
+    labels = torch.arange(10).repeat_interleave(500)[torch.randperm(5000, generator=torch.Generator().manual_seed(0))]
+    subsets = {}
+    for f in (0.01, 0.05, 0.2, 1.0):
+        idx = data.regime_indices(labels, 10, regime_args(regime="sparse", fraction=f), seed=7)
+        assert torch.bincount(labels[idx], minlength=10).tolist() == [round(500 * f)] * 10
+        subsets[f] = set(idx.tolist())
+    assert subsets[0.01] < subsets[0.05] < subsets[0.2] < subsets[1.0]
+    per_class = set(data.regime_indices(labels, 10, regime_args(regime="sparse", per_class=25), seed=7).tolist())
+    assert subsets[0.01] < per_class < subsets[0.2]  # 5 < 25 < 100 per class: the same nested order
+    other_seed = set(data.regime_indices(labels, 10, regime_args(regime="sparse", fraction=0.05), seed=8).tolist())
+    assert other_seed != subsets[0.05]
+
+
+def test_per_class_larger_than_class_is_rejected():
+    labels = torch.arange(3).repeat_interleave(10)
+    with pytest.raises(data.DataError, match="--per-class 11 is larger than the smallest class"):
+        data.regime_indices(labels, 3, regime_args(regime="sparse", per_class=11), seed=0)
+
+
+def full_args(**kw):
+    base = dict(dataset="synthetic", data_dir="unused", no_download=True, synthetic_per_class=40, synthetic_size=16,
+                val_fraction=0.1, regime="standard", fraction=None, per_class=None, imbalance_ratio=None,
+                imbalance_profile=None, train_corruption=None, train_severity=3, train_corruption_fraction=0.5)
+    base.update(kw)
+    return argparse.Namespace(**base)
+
+
+def test_build_data_split_is_stratified_and_val_test_stay_balanced():
+    d = data.build_data(full_args(regime="imbalanced", imbalance_ratio=10.0, imbalance_profile="exp"), seed=0)
+    assert d["counts"]["val"] == [4] * 10  # round(0.1 * 40)
+    assert d["counts"]["test"] == [8] * 10  # 40 // 5 test images per class
+    assert d["counts"]["train"] == data.long_tail_counts(36, 10, 10.0)
+    d2 = data.build_data(full_args(), seed=0)
+    assert d2["counts"]["train"] == [36] * 10
+    # The validation images are never in the training set.
+    train_rows = {bytes(x.numpy()) for x in d2["x_train"]}
+    assert not any(bytes(x.numpy()) in train_rows for x in d2["x_val"])
+
+
+def test_train_corruption_replaces_the_requested_share():
+    clean = data.build_data(full_args(), seed=0)
+    dirty = data.build_data(full_args(train_corruption="contrast", train_severity=5, train_corruption_fraction=0.25), seed=0)
+    changed = (clean["x_train"] != dirty["x_train"]).flatten(1).any(1)
+    assert changed.sum().item() == round(0.25 * len(clean["x_train"]))
+    assert torch.equal(clean["y_train"], dirty["y_train"])
+
+
+def test_synthetic_is_deterministic_and_classes_differ_by_shape():
+    x1, y1 = data.make_synthetic(20, 10, 32, seed=1)
+    x2, y2 = data.make_synthetic(20, 10, 32, seed=1)
+    assert torch.equal(x1, x2) and torch.equal(y1, y2)
+    assert x1.shape == (200, 3, 32, 32) and x1.dtype == torch.uint8
+    assert torch.bincount(y1).tolist() == [20] * 10
+    # Foreground is brighter than background, so the bright-pixel area per class is the shape's area:
+    # a square (side 1.6 s) covers more than a vertical bar (0.7 x 2 s) at equal scale on average.
+    bright = (x1.float().mean(1) > 127).flatten(1).float().mean(1)
+    area = [bright[y1 == c].mean().item() for c in range(10)]
+    assert area[data.SHAPES.index("square")] > 1.5 * area[data.SHAPES.index("v-bar")]
+
+
+def test_cifar_loaders_read_generated_pickle_folders(tmp_path):
+    x10, y10 = write_cifar_folder(tmp_path, "cifar10", 6, 2)
+    x100, y100 = write_cifar_folder(tmp_path, "cifar100", 3, 1, seed=1)
+    d10 = data.load_cifar("cifar10", str(tmp_path), download=False)
+    d100 = data.load_cifar("cifar100", str(tmp_path), download=False)
+    assert d10["x_train"].shape == (60, 3, 32, 32) and d10["x_train"].dtype == torch.uint8
+    assert np.array_equal(d10["x_train"].numpy(), x10) and np.array_equal(d10["y_train"].numpy(), y10)
+    assert d10["x_test"].shape == (20, 3, 32, 32) and d10["num_classes"] == 10 and d10["class_names"][3] == "c3"
+    assert np.array_equal(d100["x_train"].numpy(), x100) and np.array_equal(d100["y_train"].numpy(), y100)
+    assert d100["num_classes"] == 100 and d100["x_test"].shape == (100, 3, 32, 32)
+
+
+def test_missing_and_corrupt_folders_raise_clear_errors(tmp_path, monkeypatch):
+    with pytest.raises(data.DataError, match="cifar10 not found: expected the folder"):
+        data.load_cifar("cifar10", str(tmp_path), download=False)
+
+    def offline(*a, **k):
+        raise OSError("Name or service not known")
+    monkeypatch.setattr("torchvision.datasets.utils.download_and_extract_archive", offline)
+    with pytest.raises(data.DataError, match="download .* failed .* offline, put the extracted 'cifar-100-python' folder"):
+        data.load_cifar("cifar100", str(tmp_path), download=True)
+    write_cifar_folder(tmp_path, "cifar10", 2, 1)
+    path = os.path.join(tmp_path, "cifar-10-batches-py", "data_batch_3")
+    open(path, "wb").write(open(path, "rb").read()[:100])
+    with pytest.raises(data.DataError, match="data_batch_3 is corrupt"):
+        data.load_cifar("cifar10", str(tmp_path), download=False)
+
+
+def test_epoch_batches_shard_disjoint_equal_and_match_single_process():
+    single = data.epoch_batches(103, 16, epoch=2, seed=5)
+    shards = [data.epoch_batches(103, 16, epoch=2, seed=5, rank=r, world_size=2) for r in range(2)]
+    assert [len(s) for s in shards] == [7, 7]
+    for i, ((g0, k0, n0, s0), (g1, k1, n1, s1)) in enumerate(zip(*shards)):
+        assert len(g0) == len(g1) and k0 == k1 and n0 == n1
+        assert set(g0.tolist()).isdisjoint(g1.tolist())
+        # Global batch i of the two-process run is global batch i of the one-process run (tail of 1 dropped).
+        assert torch.equal(torch.cat([g0, g1]), single[i][0][: n0])
+    assert sum(len(b[0]) for b in single) == 103
+    assert not torch.equal(single[0][0], data.epoch_batches(103, 16, epoch=3, seed=5)[0][0])
+
+
+def test_augment_is_a_crop_of_the_padded_image_and_a_flip():
+    x = torch.randint(0, 256, (6, 3, 8, 8), dtype=torch.uint8)
+    out = data.augment(x, key=11, global_size=6, seed=0, rank_slice=slice(0, 6), pad=2)
+    padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
+    g = torch.Generator().manual_seed(0 * 7919 + 11)
+    shifts = torch.randint(0, 5, (6, 2), generator=g)
+    flips = torch.rand(6, generator=g) < 0.5
+    for i in range(6):
+        dy, dx = shifts[i].tolist()
+        crop = padded[i, :, dy:dy + 8, dx:dx + 8]
+        assert torch.equal(out[i], crop.flip(2) if flips[i] else crop)
+    # A rank's slice of the global batch gets exactly the crops the single process gives those samples.
+    half = data.augment(x[3:], key=11, global_size=6, seed=0, rank_slice=slice(3, 6), pad=2)
+    assert torch.equal(half, out[3:])
+
+
+def test_channel_stats_match_numpy():
+    x = torch.randint(0, 256, (50, 3, 5, 5), dtype=torch.uint8)
+    mean, std = data.channel_stats(x, chunk=7)
+    ref = x.numpy().astype(np.float64) / 255
+    assert np.allclose(mean, ref.mean((0, 2, 3)), atol=1e-6) and np.allclose(std, ref.std((0, 2, 3)), atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- corruptions
+
+@pytest.fixture(scope="module")
+def photos():
+    x, _ = data.make_synthetic(8, 10, 32, seed=4)
+    return x
+
+
+@pytest.mark.parametrize("name", list(data.CORRUPTIONS))
+def test_corruptions_change_every_severity_and_grow_with_it(photos, name):
+    changes = []
+    for s in range(1, 6):
+        out = data.corrupt(photos, name, s, seed=0)
+        assert out.shape == photos.shape and out.dtype == torch.uint8
+        assert torch.equal(out, data.corrupt(photos, name, s, seed=0))  # same images for every model
+        changes.append((out.float() - photos.float()).abs().mean().item())
+    assert min(changes) > 0.5, changes  # no severity is the identity (mean change over half a grey level)
+    if name == "saturate":
+        # Hendrycks' parameters desaturate at 1-2 (s*0.3, s*0.1) and oversaturate at 3-5: monotonic within each.
+        assert changes[0] < changes[1] and changes[2] < changes[3] < changes[4], changes
+    else:
+        assert all(a < b for a, b in zip(changes, changes[1:])), changes
+
+
+def test_contrast_and_gaussian_noise_against_hand_computation(photos):
+    x = photos.double() / 255
+    mean = x.mean((2, 3), keepdim=True)
+    ref = ((x - mean) * 0.4 + mean).clamp(0, 1) * 255
+    assert (data.corrupt(photos, "contrast", 3).double() - ref.round()).abs().max() <= 1
+    g = torch.Generator().manual_seed(5 * 1009 + 2)
+    noisy = (x.float() + 0.06 * torch.randn(x.shape, generator=g)).clamp(0, 1) * 255
+    assert (data.corrupt(photos, "gaussian_noise", 2, seed=5).float() - noisy.round()).abs().max() <= 1
+
+
+@pytest.mark.parametrize("name,severity", [("brightness", 4), ("saturate", 2), ("saturate", 5)])
+def test_hsv_corruptions_against_colorsys(photos, name, severity):
+    rgb = photos[:2].permute(0, 2, 3, 1).reshape(-1, 3).double() / 255
+    out = data.corrupt(photos[:2], name, severity).permute(0, 2, 3, 1).reshape(-1, 3).double()
+    c = data.CORRUPTIONS[name][0][severity - 1]
+    for i in range(0, len(rgb), 37):
+        h, s, v = colorsys.rgb_to_hsv(*rgb[i].tolist())
+        if name == "brightness":
+            v = min(max(v + c, 0), 1)
+        else:
+            s = min(max(s * c[0] + c[1], 0), 1)
+        ref = torch.tensor(colorsys.hsv_to_rgb(h, s, v)) * 255
+        assert (out[i] - ref.round()).abs().max() <= 1, (i, out[i], ref)
+
+
+def test_blur_kernels_are_normalised_and_preserve_flat_images():
+    flat = torch.full((2, 3, 16, 16), 100, dtype=torch.uint8)
+    for name in ("gaussian_blur", "defocus_blur", "pixelate"):
+        assert torch.equal(data.corrupt(flat, name, 5), flat)
+
+
+def test_unknown_corruption_and_severity_are_rejected(photos):
+    with pytest.raises(data.DataError, match="unknown corruption 'fog'; choose from gaussian_noise"):
+        data.corrupt(photos, "fog", 1)
+    with pytest.raises(data.DataError, match="severity must be 1..5, got 6"):
+        data.corrupt(photos, "contrast", 6)
