@@ -154,10 +154,16 @@ def resolve_args(args):
     args.weight_decay = args.weight_decay if args.weight_decay is not None else {"adamw": 0.05, "sgd": 5e-4}[args.opt]
     if args.warmup_epochs is None:
         args.warmup_epochs = min(5.0, args.epochs / 10)
-    if not 0 <= args.warmup_epochs < args.epochs:
-        fail(f"--warmup-epochs {args.warmup_epochs} must be in [0, --epochs {args.epochs})")
+    if not 0 <= args.warmup_epochs <= args.epochs:
+        fail(f"--warmup-epochs {args.warmup_epochs} must be in [0, --epochs {args.epochs}]")
     args.out = args.out or f"runs/{args.arch}-{args.regime}-{args.dataset}-s{args.seed}"
     cfg = vars(args).copy()
+    if is_resnet:
+        cfg["stages"] = cfg["stages"] or RESNET_PRESETS[args.arch]["stages"]
+    else:
+        cfg.update(vit_config(args.arch, {k: cfg[k] for k in ("depth", "dim", "heads", "patch_size", "mlp_ratio")}))
+        if cfg["dim"] % cfg["heads"]:
+            fail(f"--dim {cfg['dim']} is not divisible by --heads {cfg['heads']}")
     cfg["corruptions"] = corruptions
     cfg["thresholds"] = thresholds
     cfg["amp"] = not args.no_amp
@@ -290,16 +296,9 @@ def main(argv=None):
 
     data = load_run_data(cfg)
     image_size = data["x_train"].shape[-1]
-    is_vit = cfg["arch"] not in RESNET_PRESETS
-    if is_vit:
-        cfg.update(vit_config(cfg["arch"], {k: cfg[k] for k in ("depth", "dim", "heads", "patch_size", "mlp_ratio")}))
-        if image_size % cfg["patch_size"]:
-            fail(f"--patch-size {cfg['patch_size']} does not divide the image size {image_size}; "
-                 f"allowed: {', '.join(str(p) for p in range(1, image_size + 1) if image_size % p == 0)}")
-        if cfg["dim"] % cfg["heads"]:
-            fail(f"--dim {cfg['dim']} is not divisible by --heads {cfg['heads']}")
-    else:
-        cfg["stages"] = cfg["stages"] or RESNET_PRESETS[cfg["arch"]]["stages"]
+    if cfg["arch"] not in RESNET_PRESETS and image_size % cfg["patch_size"]:
+        fail(f"--patch-size {cfg['patch_size']} does not divide the image size {image_size}; "
+             f"allowed: {', '.join(str(p) for p in range(1, image_size + 1) if image_size % p == 0)}")
     if len(data["x_train"]) < world:
         fail(f"the training set has {len(data['x_train'])} images, fewer than the {world} processes")
 

@@ -1,0 +1,209 @@
+"""train.py end to end on tiny models and synthetic data: learning, run folder, resume, DDP, bad input."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import evaluate
+from attention import ATTENTIONS
+from data import DATASETS, REGIMES
+from model import ARCHS
+from conftest import ROOT, TINY_DATA, TINY_RESNET, TINY_VIT, read_run, run_train, write_cifar_folder
+
+
+@pytest.fixture(scope="module")
+def vit_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "vit"
+    return out, run_train(out, *TINY_VIT, *TINY_DATA, "--synthetic-per-class", "100", "--epochs", "10")
+
+
+def test_vit_learns_synthetic(vit_run):
+    _, (cfg, rows, final) = vit_run
+    assert rows[-1]["train_loss"] < rows[0]["train_loss"] - 0.2
+    assert final["test_acc"] > 0.25 and rows[-1]["val_acc"] > 0.25  # chance is 0.10
+
+
+def test_resnet_learns_synthetic(tmp_path):
+    cfg, rows, final = run_train(tmp_path / "r", *TINY_RESNET, *TINY_DATA, "--epochs", "3")
+    assert rows[-1]["train_loss"] < rows[0]["train_loss"] - 0.3
+    assert final["test_acc"] > 0.5 and cfg["opt"] == "sgd" and cfg["lr"] == 0.1
+
+
+def test_run_folder_contract(vit_run):
+    out, (cfg, rows, final) = vit_run
+    for key in ("arch", "regime", "dataset", "seed", "epochs", "lr", "depth", "dim", "heads", "patch_size", "params",
+                "counts_per_class", "world_size", "device", "versions", "git_commit", "normalization"):
+        assert key in cfg, key
+    assert cfg["dataset"] == "synthetic" and cfg["world_size"] == 1 and cfg["depth"] == 2 and cfg["mlp_ratio"] == 2.0
+    assert cfg["counts_per_class"]["train"] == [90] * 10 and cfg["counts_per_class"]["val"] == [10] * 10
+    assert cfg["versions"]["torch"] == torch.__version__
+    assert [r["epoch"] for r in rows] == list(range(1, 11))
+    for r in rows:
+        assert set(r) >= {"epoch", "time_s", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "images_per_s"}
+        assert 0 <= r["train_acc"] <= 1 and 0 <= r["val_acc"] <= 1 and r["images_per_s"] > 0
+    assert all(a["time_s"] < b["time_s"] for a, b in zip(rows, rows[1:]))
+    confusion = torch.tensor(final["confusion"])
+    assert confusion.shape == (10, 10) and confusion.sum() == 200
+    assert final["test_acc"] == pytest.approx(confusion.trace().item() / 200)
+    recall = (confusion.diag().double() / confusion.sum(1)).tolist()
+    assert final["per_class_recall"] == pytest.approx(recall)
+    assert final["test_acc"] <= final["test_top5"] <= 1
+    assert final["params"] == cfg["params"] and final["flops_per_image"] > 0
+    assert final["throughput_images_per_s"] > 0 and final["latency_ms"] > 0 and final["peak_memory_mb"] is None
+    assert final["best_val_acc"] == max(r["val_acc"] for r in rows)
+    for t in cfg["thresholds"]:
+        first = next((r for r in rows if r["val_acc"] >= t), None)
+        assert final["epochs_to"][str(t)] == (first["epoch"] if first else None)
+        assert final["seconds_to"][str(t)] == (first["time_s"] if first else None)
+    assert not [f for f in os.listdir(out) if ".tmp" in f]
+
+
+def test_flops_match_hand_count_for_the_tiny_vit(vit_run):
+    _, (cfg, _, final) = vit_run
+    # 16 px, patch 4: 16 patches + cls = 17 tokens, width 64, MLP 128, 2 blocks, 10 classes; FLOPs = 2 x MACs.
+    T, D, H, n = 17, 64, 128, 16
+    patch = n * D * 3 * 4 * 4
+    block = T * D * 3 * D + 2 * T * T * D + T * D * D + 2 * T * D * H
+    assert final["flops_per_image"] == 2 * (patch + 2 * block + D * 10)
+
+
+def test_evaluate_cli_reproduces_final_metrics(vit_run, tmp_path):
+    out, (_, _, final) = vit_run
+    evaluate.main([str(out), "--out", str(tmp_path / "eval.json")])
+    again = json.load(open(tmp_path / "eval.json"))
+    assert again["test_acc"] == final["test_acc"] and again["confusion"] == final["confusion"]
+    assert again["epoch"] == 10
+
+
+def test_interrupted_run_resumes_to_the_same_result(tmp_path):
+    args = [*TINY_VIT, *TINY_DATA, "--epochs", "3", "--dropout", "0.1"]
+    _, full_rows, full_final = run_train(tmp_path / "full", *args)
+    cmd = [sys.executable, os.path.join(ROOT, "train.py"), *args, "--out", str(tmp_path / "cut"), "--progress", "off"]
+    # 17 steps an epoch: stopping after 25 dies in the middle of epoch 2, after epoch 1's checkpoint.
+    killed = subprocess.run(cmd + ["--stop-after-steps", "25"], capture_output=True, text=True)
+    assert killed.returncode == 3, killed.stderr
+    _, rows, final = read_run(tmp_path / "cut")
+    assert final is None and len(rows) == 1
+    resumed = subprocess.run(cmd + ["--resume"], capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    _, rows, final = read_run(tmp_path / "cut")
+    drop_time = lambda r: {k: v for k, v in r.items() if k not in ("time_s", "images_per_s")}
+    assert [drop_time(r) for r in rows] == [drop_time(r) for r in full_rows]
+    for key in ("test_acc", "test_top5", "macro_f1", "confusion", "best_val_acc", "epochs_to"):
+        assert final[key] == full_final[key], key
+    again = subprocess.run(cmd + ["--resume"], capture_output=True, text=True)
+    assert again.returncode == 0 and "already finished" in again.stdout
+
+
+def test_two_process_torchrun_matches_single_process(tmp_path):
+    args = [*TINY_VIT, *TINY_DATA, "--epochs", "2", "--drop-path", "0", "--batch-size", "32"]
+    _, single_rows, single_final = run_train(tmp_path / "one", *args)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           os.path.join(ROOT, "train.py"), *args, "--out", str(tmp_path / "two"), "--progress", "off"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    cfg, rows, final = read_run(tmp_path / "two")
+    assert cfg["world_size"] == 2
+    for a, b in zip(rows, single_rows):
+        assert a["val_acc"] == b["val_acc"]
+        assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-4)
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
+    assert final["test_acc"] == single_final["test_acc"]
+
+
+def test_corrupted_regime_writes_the_sweep(tmp_path):
+    _, _, final = run_train(tmp_path / "c", *TINY_VIT, *TINY_DATA, "--epochs", "1", "--regime", "corrupted",
+                            "--corruptions", "contrast,gaussian_noise")
+    table = final["corruption"]
+    assert set(table) == {"contrast", "gaussian_noise"}
+    assert all(set(per) == {"1", "2", "3", "4", "5"} for per in table.values())
+    cells = [a for per in table.values() for a in per.values()]
+    assert all(0 <= a <= 1 for a in cells)
+    assert final["corruption_mean"] == pytest.approx(sum(cells) / 10)
+
+
+def test_many_classes_trains_on_cifar100_folders(tmp_path):
+    write_cifar_folder(tmp_path / "data", "cifar100", 10, 2)
+    cfg, rows, final = run_train(tmp_path / "m", *TINY_VIT, "--regime", "many-classes", "--data-dir",
+                                 str(tmp_path / "data"), "--epochs", "1", "--batch-size", "100", "--no-download")
+    assert cfg["dataset"] == "cifar100" and cfg["num_classes"] == 100
+    assert cfg["counts_per_class"]["train"] == [9] * 100 and cfg["counts_per_class"]["test"] == [2] * 100
+    assert len(final["per_class_recall"]) == 100 and len(final["confusion"]) == 100
+
+
+def test_imbalanced_run_records_long_tail_counts(tmp_path):
+    cfg, _, _ = run_train(tmp_path / "i", *TINY_VIT, *TINY_DATA, "--epochs", "1", "--regime", "imbalanced",
+                          "--imbalance-ratio", "10")
+    assert cfg["counts_per_class"]["train"] == [54, 41, 32, 25, 19, 15, 11, 9, 6, 5]  # 54 * 10^(-i/9), floored: 25.06, 15.03, 9.01
+    assert cfg["counts_per_class"]["val"] == [6] * 10 and cfg["counts_per_class"]["test"] == [12] * 10
+
+
+# ----------------------------------------------------------------------------- bad input
+
+BASE = [*TINY_VIT, *TINY_DATA, "--epochs", "1"]
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--regime", "corrupted", "--corruptions", "fog"], "unknown corruption 'fog'; choose from gaussian_noise"),
+    (["--train-corruption", "fog"], "argument --train-corruption: invalid choice: 'fog'"),
+    (["--regime", "sparse", "--fraction", "0"], "--fraction 0.0 is outside (0, 1]"),
+    (["--regime", "sparse", "--fraction", "1.5"], "--fraction 1.5 is outside (0, 1]"),
+    (["--regime", "sparse", "--per-class", "55"], "--per-class 55 is larger than the smallest class (54 training"),
+    (["--fraction", "0.5"], "--fraction only applies to --regime sparse"),
+    (["--regime", "imbalanced", "--imbalance-ratio", "0.5"], "--imbalance-ratio 0.5 must be at least 1"),
+    (["--radius", "-1"], "--radius -1 must be 0 or more"),
+    (["--patch-size", "5"], "--patch-size 5 does not divide the image size 16; allowed: 1, 2, 4, 8, 16"),
+    (["--regime", "many-classes"], "--regime many-classes trains on cifar100, but --dataset synthetic was given"),
+    (["--device", "cuda"] if not torch.cuda.is_available() else ["--device", "tpu"], "--device"),
+])
+def test_bad_input_exits_2_with_one_line(tmp_path, exits_2, extra, message):
+    err = exits_2([*BASE, *extra, "--out", str(tmp_path / "x")])
+    assert message in err
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("flag,value,allowed", [
+    ("--arch", "vgg", ARCHS), ("--regime", "tiny", REGIMES), ("--dataset", "mnist", DATASETS),
+    ("--attention", "sparse", ATTENTIONS),
+])
+def test_unknown_names_exit_2_listing_the_allowed_ones(tmp_path, exits_2, flag, value, allowed):
+    err = exits_2([*BASE, flag, value, "--out", str(tmp_path / "x")])
+    assert f"argument {flag}: invalid choice: '{value}'" in err  # argparse's wording; quoting of choices varies
+    assert all(name in err for name in allowed)
+
+
+def test_missing_and_corrupt_dataset_folders_exit_2(tmp_path, exits_2, monkeypatch):
+    args = [*TINY_VIT, "--epochs", "1", "--data-dir", str(tmp_path / "d"), "--out", str(tmp_path / "x")]
+    assert "cifar10 not found: expected the folder" in exits_2([*args, "--no-download"])
+
+    def offline(*a, **k):
+        raise OSError("Name or service not known")
+    monkeypatch.setattr("torchvision.datasets.utils.download_and_extract_archive", offline)
+    assert "offline, put the extracted 'cifar-10-batches-py' folder in" in exits_2(args)
+    write_cifar_folder(tmp_path / "d", "cifar10", 2, 1)
+    open(tmp_path / "d" / "cifar-10-batches-py" / "test_batch", "wb").write(b"not a pickle")
+    assert "test_batch is corrupt" in exits_2(args)
+    assert not (tmp_path / "x").exists()
+
+
+def test_run_folder_is_protected(tmp_path, exits_2):
+    out = tmp_path / "done"
+    run_train(out, *BASE)
+    before = {f: open(out / f, "rb").read() for f in os.listdir(out)}
+    err = exits_2([*BASE, "--out", str(out)])
+    assert "already holds a finished run; pass --resume to continue it or --overwrite" in err
+    assert "--resume: " in exits_2([*BASE, "--out", str(out), "--resume", "--lr", "0.5"])
+    assert {f: open(out / f, "rb").read() for f in os.listdir(out)} == before
+    assert "has no checkpoint.pt to resume from" in exits_2([*BASE, "--out", str(tmp_path / "empty"), "--resume"])
+    _, rows, _ = run_train(out, *BASE, "--epochs", "2", "--overwrite")
+    assert len(rows) == 2
+
+
+def test_cli_error_is_one_line_without_traceback(tmp_path):
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), "--arch", "vgg"], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and "Traceback" not in proc.stderr
