@@ -1,11 +1,12 @@
 """Datasets and data regimes, all as uint8 tensors (N, 3, H, W) plus int64 labels.
 
-A batch starts here: `load_dataset` reads the pickles, `apply_regime` picks the training
-indices, `epoch_batches` yields index batches and `augment` crops/flips them on the device.
+A batch starts here: `build_data` loads the dataset (`load_dataset`), holds out a stratified validation
+split and keeps the regime's training indices (`regime_indices`); train.py then takes index batches from
+`epoch_batches`, crops and flips them with `augment` on the device, and `normalize`s them.
 """
-import math
 import os
 import pickle
+import warnings
 
 import numpy as np
 import torch
@@ -291,10 +292,10 @@ def _gaussian_kernel1d(sigma, radius):
     return k / k.sum()
 
 
-def _filter(x, kernel):
-    """Convolve every channel with a 2-D kernel, reflecting at the border as scipy/cv2 do."""
+def _filter(x, kernel, border):
+    """Convolve every channel with a 2-D kernel; border 'reflect' is cv2's default, 'replicate' skimage's."""
     kh, kw = kernel.shape
-    x = F.pad(x, (kw // 2, kw // 2, kh // 2, kh // 2), mode="reflect")
+    x = F.pad(x, (kw // 2, kw // 2, kh // 2, kh // 2), mode=border)
     weight = kernel.to(x)[None, None].repeat(x.shape[1], 1, 1, 1)
     return F.conv2d(x, weight, groups=x.shape[1])
 
@@ -302,7 +303,7 @@ def _filter(x, kernel):
 def _gaussian_blur(x, sigma):
     radius = max(1, int(4 * sigma + 0.5))  # scipy.ndimage.gaussian_filter's default truncation
     k = _gaussian_kernel1d(sigma, radius)
-    return _filter(x, k[:, None] * k[None, :])
+    return _filter(x, k[:, None] * k[None, :], "replicate")  # skimage.filters.gaussian, mode='nearest'
 
 
 def _defocus_blur(x, radius, alias_blur):
@@ -311,8 +312,8 @@ def _defocus_blur(x, radius, alias_blur):
     disk = ((L[:, None] ** 2 + L[None, :] ** 2) <= radius ** 2).float()
     disk = disk / disk.sum()
     g = _gaussian_kernel1d(alias_blur, 1)  # cv2.GaussianBlur with ksize (3, 3)
-    disk = _filter(disk[None, None], g[:, None] * g[None, :])[0, 0]
-    return _filter(x, disk)
+    disk = _filter(disk[None, None], g[:, None] * g[None, :], "reflect")[0, 0]
+    return _filter(x, disk, "reflect")  # cv2.filter2D
 
 
 def _scale_saturation(x, factor, add):
@@ -333,29 +334,39 @@ def _brightness(x, c):
     return torch.where(v > 0, x * v_new / v.clamp_min(1e-12), v_new.expand_as(x))
 
 
-def _box_matrix(n_out, n_in):
-    """(n_out, n_in) weights of PIL's BOX resampling: each output pixel averages the input it covers, by overlap."""
+def _pil_box_weights(n_out, n_in):
+    """(n_out, n_in) weights of Pillow's BOX resampling (its precompute_coeffs): an output pixel averages the
+    input pixels whose centres fall in its window, so enlarging is nearest-neighbour."""
     scale = n_in / n_out
-    start = torch.arange(n_out, dtype=torch.float64)[:, None] * scale
-    left = torch.arange(n_in, dtype=torch.float64)[None, :]
-    overlap = (torch.minimum(start + scale, left + 1) - torch.maximum(start, left)).clamp_min(0)
-    return (overlap / overlap.sum(1, keepdim=True)).float()
+    filterscale = max(scale, 1.0)
+    center = (torch.arange(n_out, dtype=torch.float64)[:, None] + 0.5) * scale
+    j = torch.arange(n_in, dtype=torch.float64)[None, :]
+    lo = (center - 0.5 * filterscale + 0.5).floor().clamp_min(0)
+    hi = (center + 0.5 * filterscale + 0.5).floor().clamp_max(n_in)
+    t = (j - center + 0.5) / filterscale
+    w = ((t > -0.5) & (t <= 0.5) & (j >= lo) & (j < hi)).double()
+    return (w / w.sum(1, keepdim=True)).float()
 
 
-def _pixelate(x, c):
-    """Box-downsample to c times the size and box-upsample back, as PIL's resize(BOX) twice."""
-    h, w = x.shape[-2:]
-    sh, sw = int(h * c), int(w * c)
-    down_h, down_w = _box_matrix(sh, h).to(x), _box_matrix(sw, w).to(x)
-    up_h, up_w = _box_matrix(h, sh).to(x), _box_matrix(w, sw).to(x)
-    small = down_h @ x @ down_w.T
-    return up_h @ small @ up_w.T
+def _pil_box_resize(x255, h, w):
+    """Pillow's resize(BOX) of float images in 0..255: horizontal pass, then vertical, each rounded half up."""
+    x255 = (x255 @ _pil_box_weights(w, x255.shape[-1]).to(x255).T + 0.5).floor()
+    return (_pil_box_weights(h, x255.shape[-2]).to(x255) @ x255 + 0.5).floor()
+
+
+def _pixelate(x_uint8, c):
+    """Hendrycks' pixelate: PIL BOX resize down to c times the size, then back up (uint8 in and out)."""
+    h, w = x_uint8.shape[-2:]
+    small = _pil_box_resize(x_uint8.float(), int(h * c), int(w * c))
+    return _pil_box_resize(small, h, w).to(torch.uint8)
 
 
 def _jpeg(x_uint8, quality):
-    from torchvision.io import decode_jpeg, encode_jpeg
-    encoded = encode_jpeg(list(x_uint8.cpu()), quality=quality)
-    return torch.stack(decode_jpeg(encoded)).to(x_uint8.device)
+    with warnings.catch_warnings():  # torchvision 0.29 marks its codec deprecated; it is pinned and works
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from torchvision.io import decode_jpeg, encode_jpeg
+        encoded = encode_jpeg(list(x_uint8.cpu()), quality=quality)
+        return torch.stack(decode_jpeg(encoded)).to(x_uint8.device)
 
 
 CORRUPTIONS = {  # name -> (severity parameters 1..5, fn(float images in [0, 1], parameter, generator))
@@ -375,9 +386,10 @@ CORRUPTIONS = {  # name -> (severity parameters 1..5, fn(float images in [0, 1],
     "brightness": ([0.05, 0.1, 0.15, 0.2, 0.3], lambda x, c, g: _brightness(x, c)),
     "saturate": ([(0.3, 0), (0.1, 0), (1.5, 0), (2, 0.1), (2.5, 0.2)],
                  lambda x, c, g: _scale_saturation(x, *c)),
-    "pixelate": ([0.95, 0.9, 0.85, 0.75, 0.65], lambda x, c, g: _pixelate(x, c)),
-    "jpeg_compression": ([80, 65, 58, 50, 40], None),  # works on uint8, see corrupt()
+    "pixelate": ([0.95, 0.9, 0.85, 0.75, 0.65], None),  # None: works on uint8, see UINT8_CORRUPTIONS
+    "jpeg_compression": ([80, 65, 58, 50, 40], None),
 }
+UINT8_CORRUPTIONS = {"pixelate": _pixelate, "jpeg_compression": _jpeg}  # PIL works on uint8 images too
 
 
 def _salt_pepper(x, amount, g):
@@ -395,8 +407,13 @@ def corrupt(images, name, severity, seed=0):
         raise DataError(f"corruption severity must be 1..5, got {severity}")
     params, fn = CORRUPTIONS[name]
     c = params[severity - 1]
+    if len(images) == 0:
+        return images.clone()
     if fn is None:
-        return _jpeg(images, c)
-    g = torch.Generator().manual_seed(seed * 1009 + severity)
+        return UINT8_CORRUPTIONS[name](images, c)
+    # Each corruption and severity draws its own noise; the same for every model evaluated with this seed.
+    g = torch.Generator().manual_seed(seed * 1000003 + list(CORRUPTIONS).index(name) * 101 + severity)
     out = fn(images.float() / 255, c, g)
-    return (out.clamp(0, 1) * 255).round().to(torch.uint8)
+    # make_cifar_c.py stores np.uint8(x), a truncation; the 1e-3 grey level absorbs float32 rounding
+    # (a blurred flat 100 comes out as 99.99999 here, where the reference's float64 gives 100).
+    return (out.clamp(0, 1) * 255 + 1e-3).floor().to(torch.uint8)
