@@ -1,5 +1,4 @@
 """Metrics for a trained model; also `python evaluate.py RUN_DIR` to re-evaluate a run's checkpoint."""
-import argparse
 import json
 import statistics
 import sys
@@ -9,7 +8,7 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from data import CORRUPTIONS, corrupt, normalize
+from data import corrupt, normalize
 
 
 def autocast(device, amp):
@@ -125,29 +124,31 @@ def final_metrics(model, data, cfg, device, amp, history=None):
 def main(argv=None):
     """Re-evaluate a run folder's checkpoint on its own data and print the metrics as JSON."""
     import os
-    from train import fail, load_run_data, make_device, build_run_model
-    p = argparse.ArgumentParser(description="Evaluate a run folder's checkpoint (test metrics, cost, corruptions).")
+    from train import Parser, build_run_model, fail, load_run_data, make_device, read_json, write_json
+    p = Parser(prog="evaluate.py", description="Evaluate a run folder's checkpoint (test metrics, cost, corruptions).")
     p.add_argument("run_dir", help="a run folder written by train.py (config.json + checkpoint.pt)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
     p.add_argument("--out", default=None, help="also write the JSON to this file")
+    p.add_argument("--data-dir", default=None, help="where the dataset is (default: the run's own --data-dir)")
     a = p.parse_args(argv)
     cfg_path, ckpt_path = os.path.join(a.run_dir, "config.json"), os.path.join(a.run_dir, "checkpoint.pt")
     if not (os.path.isfile(cfg_path) and os.path.isfile(ckpt_path)):
         fail(f"{a.run_dir} is not a run folder with a checkpoint (need config.json and checkpoint.pt)", "evaluate.py")
-    with open(cfg_path) as f:
-        cfg = json.load(f)
+    cfg = read_json(cfg_path, "evaluate.py")
+    cfg["data_dir"] = a.data_dir or cfg["data_dir"]
     device = make_device(a.device, "evaluate.py")
     data = load_run_data(cfg, "evaluate.py")
     model = build_run_model(cfg, data).to(device)
-    ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
-    model.load_state_dict(ckpt["model"])
+    try:
+        ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
+        model.load_state_dict(ckpt["model"])
+    except Exception as e:
+        fail(f"cannot load {ckpt_path} ({type(e).__name__}: {e})", "evaluate.py")
     amp = cfg["amp"] and device.type == "cuda"
     out = final_metrics(model, data, cfg, device, amp, ckpt["history"])
     out["epoch"] = ckpt["epoch"]
-    text = json.dumps(out, indent=1)
-    print(text)
+    print(json.dumps(out, indent=1))
     if a.out:
-        from train import write_json
         write_json(a.out, out)
 
 

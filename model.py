@@ -101,6 +101,7 @@ def resnet(base, num_classes, image_size=32, stages=4):
     if image_size <= 64:
         # The ImageNet stem (7x7 stride 2 + max-pool) shrinks a 32 px image to 8 px before any residual stage.
         net.conv1 = nn.Conv2d(3, 64, 3, stride=1, padding=1, bias=False)
+        nn.init.kaiming_normal_(net.conv1.weight, mode="fan_out", nonlinearity="relu")  # as torchvision's convs
         net.maxpool = nn.Identity()
     layers = [net.layer1, net.layer2, net.layer3, net.layer4]
     for i in range(stages, 4):

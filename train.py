@@ -27,7 +27,7 @@ from evaluate import autocast, final_metrics
 from model import ARCHS, RESNET_PRESETS, build_model, count_params, vit_config
 
 # Arguments that change what is trained: a --resume must repeat them exactly.
-NOT_TRAINING_ARGS = {"resume", "overwrite", "device", "no_download", "data_dir", "progress", "stop_after_steps"}
+NOT_TRAINING_ARGS = {"resume", "overwrite", "device", "no_download", "data_dir", "progress", "stop_after_steps", "out"}
 
 
 def fail(message, prog="train.py"):
@@ -75,7 +75,8 @@ def get_parser():
     g.add_argument("--attention", default="full", choices=ATTENTIONS, metavar="KIND", help=f"ViT: {', '.join(ATTENTIONS)}")
     g.add_argument("--radius", type=int, default=1, help="local attention: Chebyshev radius on the patch grid (>= 0)")
     g.add_argument("--dropout", type=float, default=0.0, help="ViT: dropout after embeddings and in the MLP")
-    g.add_argument("--drop-path", type=float, default=0.1, help="ViT: stochastic depth rate of the last block")
+    g.add_argument("--drop-path", type=float, default=0.1,
+                   help="ViT: stochastic depth, rising linearly from 0 at the first block to this rate at the last")
     g.add_argument("--stages", type=int, default=None, choices=[1, 2, 3, 4], help="ResNet: residual stages kept")
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, default=100)
@@ -91,7 +92,7 @@ def get_parser():
     g = p.add_argument_group("run")
     g.add_argument("--device", default="auto", help="auto (cuda if present), cpu or cuda")
     g.add_argument("--no-amp", action="store_true", help="no bf16 autocast on CUDA (it is always off on CPU)")
-    g.add_argument("--out", default=None, help="run folder (default: runs/<arch>-<regime>-<dataset>-s<seed>)")
+    g.add_argument("--out", default=None, help="run folder (default: runs/<arch>[-local<R>]-<regime>[-f<F>|-n<N>|-r<R>-<profile>]-<dataset>-s<seed>)")
     g.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     g.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     g.add_argument("--thresholds", default="0.3,0.4,0.5,0.6,0.7,0.8,0.9", help="val accuracies for epochs_to/seconds_to")
@@ -137,10 +138,22 @@ def resolve_args(args):
         fail(f"--radius {args.radius} must be 0 or more")
     if not 0 <= args.val_fraction < 1:
         fail(f"--val-fraction {args.val_fraction} is outside [0, 1)")
-    if args.synthetic_per_class < 5 or args.synthetic_size < 8:
-        fail(f"--synthetic-per-class ({args.synthetic_per_class}) must be at least 5 and --synthetic-size ({args.synthetic_size}) at least 8")
+    if args.synthetic_per_class < 5 or args.synthetic_size < 16:  # 16: defocus_blur's 17x17 kernel needs it
+        fail(f"--synthetic-per-class ({args.synthetic_per_class}) must be at least 5 "
+             f"and --synthetic-size ({args.synthetic_size}) at least 16")
     if args.epochs < 1 or args.batch_size < 1:
         fail(f"--epochs ({args.epochs}) and --batch-size ({args.batch_size}) must be at least 1")
+    ranges = {  # flag: (value, low, high, high included)
+        "--label-smoothing": (args.label_smoothing, 0, 1, True), "--dropout": (args.dropout, 0, 1, False),
+        "--drop-path": (args.drop_path, 0, 1, False), "--momentum": (args.momentum, 0, 1, False),
+        "--grad-clip": (args.grad_clip, 0, math.inf, False)}
+    for flag, (value, low, high, closed) in ranges.items():
+        if not (low <= value <= high if closed else low <= value < high):
+            fail(f"{flag} {value} is outside [{low}, {high}{']' if closed else ')'}")
+    if args.lr is not None and args.lr <= 0:
+        fail(f"--lr {args.lr} must be positive")
+    if args.weight_decay is not None and args.weight_decay < 0:
+        fail(f"--weight-decay {args.weight_decay} must be 0 or more")
     for name in ("depth", "dim", "heads", "patch_size"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             fail(f"--{name.replace('_', '-')} {getattr(args, name)} must be at least 1")
@@ -156,7 +169,7 @@ def resolve_args(args):
         args.warmup_epochs = min(5.0, args.epochs / 10)
     if not 0 <= args.warmup_epochs <= args.epochs:
         fail(f"--warmup-epochs {args.warmup_epochs} must be in [0, --epochs {args.epochs}]")
-    args.out = args.out or f"runs/{args.arch}-{args.regime}-{args.dataset}-s{args.seed}"
+    args.out = args.out or default_out(args)
     cfg = vars(args).copy()
     if is_resnet:
         cfg["stages"] = cfg["stages"] or RESNET_PRESETS[args.arch]["stages"]
@@ -168,6 +181,17 @@ def resolve_args(args):
     cfg["thresholds"] = thresholds
     cfg["amp"] = not args.no_amp
     return cfg
+
+
+def default_out(args):
+    """runs/<arch>[-local<R>]-<regime>[<its parameter>]-<dataset>-s<seed>: distinct across a regime sweep."""
+    arch = args.arch + (f"-local{args.radius}" if args.attention == "local" else "")
+    regime = args.regime
+    if regime == "sparse":
+        regime += f"-n{args.per_class}" if args.per_class is not None else f"-f{args.fraction:g}"
+    elif regime == "imbalanced":
+        regime += f"-r{args.imbalance_ratio:g}-{args.imbalance_profile}"
+    return f"runs/{arch}-{regime}-{args.dataset}-s{args.seed}"
 
 
 def write_json(path, obj):
@@ -210,6 +234,13 @@ def make_device(name, prog="train.py", local_rank=0):
     return torch.device("cuda", local_rank)
 
 
+def device_name(device):
+    """The GPU's name, or the CPU's architecture and thread count."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
 def load_run_data(cfg, prog="train.py"):
     """The run's data (split and regime applied) from its config; data errors exit 2."""
     try:
@@ -227,21 +258,35 @@ def build_run_model(cfg, data):
     return build_model(cfg["arch"], data["num_classes"], data["x_train"].shape[-1], **kw)
 
 
-def check_out_dir(cfg):
-    """Refuse to touch a run folder unless the flags say what to do with what is in it."""
+def read_json(path, prog="train.py"):
+    """Load a JSON file of a run folder; an unreadable one is a one-line error."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError) as e:
+        fail(f"cannot read {path} ({type(e).__name__}: {e})", prog)
+
+
+def check_out_dir(cfg, world):
+    """Refuse to touch a run folder unless the flags say what to do with it; True if --resume finds it finished."""
     out = cfg["out"]
     has = lambda name: os.path.exists(os.path.join(out, name))
+    if os.path.exists(out) and not os.path.isdir(out):
+        fail(f"--out {out} is a file, not a folder")
     if cfg["resume"]:
-        if not has("checkpoint.pt"):
+        if not (has("checkpoint.pt") and has("config.json")):
             fail(f"--resume: {out} has no checkpoint.pt to resume from")
-        with open(os.path.join(out, "config.json")) as f:
-            old = json.load(f)
+        old = read_json(os.path.join(out, "config.json"))
+        if old.get("world_size", world) != world:  # the batch split and the dropped tail depend on it
+            fail(f"--resume: the run in {out} was started with {old['world_size']} processes, not {world}")
         for k, v in cfg.items():
             if k not in NOT_TRAINING_ARGS and k in old and old[k] != v:
                 fail(f"--resume: {k} is {v!r} but the run in {out} was started with {old[k]!r}")
-    elif not cfg["overwrite"] and (has("final.json") or has("checkpoint.pt")):
+        return has("final.json")
+    if not cfg["overwrite"] and (has("final.json") or has("checkpoint.pt")):
         state = "a finished" if has("final.json") else "an unfinished"
         fail(f"{out} already holds {state} run; pass --resume to continue it or --overwrite to replace it")
+    return False
 
 
 def lr_at(step, total_steps, warmup_steps, peak):
@@ -259,7 +304,7 @@ def make_optimizer(model, cfg):
         (no_decay if p.ndim <= 1 or "pos_embed" in name or "cls_token" in name else decay).append(p)
     groups = [dict(params=decay, weight_decay=cfg["weight_decay"]), dict(params=no_decay, weight_decay=0.0)]
     if cfg["opt"] == "sgd":
-        return torch.optim.SGD(groups, lr=cfg["lr"], momentum=cfg["momentum"], nesterov=True)
+        return torch.optim.SGD(groups, lr=cfg["lr"], momentum=cfg["momentum"], nesterov=cfg["momentum"] > 0)
     return torch.optim.AdamW(groups, lr=cfg["lr"])
 
 
@@ -275,7 +320,9 @@ def evaluate_split(model, x, y, data, device, amp, rank, world, batch_size=512):
         yb = y[b].to(device)
         with autocast(device, amp):
             logits = model(xb).float()
-        totals += torch.stack([F.cross_entropy(logits, yb, reduction="sum"), (logits.argmax(1) == yb).sum(), torch.tensor(len(b), device=device)]).double()
+        totals[0] += F.cross_entropy(logits, yb, reduction="sum")
+        totals[1] += (logits.argmax(1) == yb).sum()
+    totals[2] = len(idx)
     if world > 1:
         dist.all_reduce(totals)
     loss, correct, n = totals.tolist()
@@ -292,7 +339,10 @@ def main(argv=None):
     if cfg["batch_size"] % world:
         fail(f"--batch-size {cfg['batch_size']} is not divisible by the {world} processes")
     device = make_device(cfg["device"], local_rank=local_rank)
-    check_out_dir(cfg)
+    if check_out_dir(cfg, world):
+        if rank == 0:
+            print(f"{cfg['out']} is already finished; nothing to do")
+        return 0
 
     data = load_run_data(cfg)
     image_size = data["x_train"].shape[-1]
@@ -309,19 +359,25 @@ def main(argv=None):
     amp = cfg["amp"] and device.type == "cuda"
     model = build_run_model(cfg, data).to(device)
     params = count_params(model)
+    if world > 1 and device.type == "cuda":  # per-process BatchNorm statistics would differ from the 1-GPU run
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     optimizer = make_optimizer(model, cfg)
 
     out = cfg["out"]
-    start_epoch, history, elapsed = 0, [], 0.0
+    start_epoch, history, elapsed, peak_memory = 0, [], 0.0, None
     if cfg["resume"]:
-        ckpt = torch.load(os.path.join(out, "checkpoint.pt"), map_location=device, weights_only=False)
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        start_epoch, history, elapsed = ckpt["epoch"], ckpt["history"], ckpt["elapsed"]
-        if os.path.exists(os.path.join(out, "final.json")):
-            if rank == 0:
-                print(f"{out} is already finished; nothing to do")
-            return 0
+        try:
+            ckpt = torch.load(os.path.join(out, "checkpoint.pt"), map_location=device, weights_only=False)
+            model.load_state_dict(ckpt["model"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+        except Exception as e:
+            fail(f"--resume: cannot load {os.path.join(out, 'checkpoint.pt')} ({type(e).__name__}: {e})")
+        start_epoch, history, elapsed, peak_memory = ckpt["epoch"], ckpt["history"], ckpt["elapsed"], ckpt["peak_memory_mb"]
+        if rank == 0:  # config.json keeps describing the first launch; each resume is logged beside it
+            config = read_json(os.path.join(out, "config.json"))
+            config.setdefault("resumes", []).append(dict(epoch=start_epoch, device=device_name(device),
+                                                         git_commit=git_commit(), command=" ".join(sys.argv)))
+            write_json(os.path.join(out, "config.json"), config)
     elif rank == 0:
         os.makedirs(out, exist_ok=True)
         for name in ("final.json", "metrics.jsonl", "checkpoint.pt"):  # --overwrite: the old run goes now
@@ -331,18 +387,15 @@ def main(argv=None):
             params=params, image_size=image_size, num_classes=data["num_classes"], class_names=data["class_names"],
             counts_per_class=data["counts"], sizes={k: sum(v) for k, v in data["counts"].items()},
             normalization=dict(mean=data["mean"], std=data["std"]), world_size=world,
-            device=torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
+            device=device_name(device),
             amp_active=amp, versions=dict(python=platform.python_version(), torch=torch.__version__,
                                           torchvision=torchvision.__version__),
             git_commit=git_commit(), command=" ".join(sys.argv))
         write_json(os.path.join(out, "config.json"), {**cfg, **run_info})
 
+    ddp_model = model
     if world > 1:
-        if device.type == "cuda":  # per-process BatchNorm statistics would differ from the single-GPU run
-            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         ddp_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    else:
-        ddp_model = model
 
     x_train, y_train = data["x_train"].to(device), data["y_train"].to(device)
     n_train = len(x_train)
@@ -376,7 +429,9 @@ def main(argv=None):
             if cfg["grad_clip"] > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
             optimizer.step()
-            totals += torch.stack([loss.detach() * len(yb), (logits.argmax(1) == yb).sum(), torch.tensor(len(yb), device=device)]).double()
+            totals[0] += loss.detach() * len(yb)
+            totals[1] += (logits.argmax(1) == yb).sum()
+            totals[2] += len(yb)
             steps_run += 1
             if show_bar and i % 20 == 0:
                 bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.2e}")
@@ -385,6 +440,9 @@ def main(argv=None):
                 os._exit(3)  # like a kill: no cleanup, no final files
         if world > 1:
             dist.all_reduce(totals)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+            peak_memory = max(peak_memory or 0, torch.cuda.max_memory_allocated(device) / 2 ** 20)
         train_seconds = time.time() - t0
         val_loss, val_acc = evaluate_split(model, data["x_val"], data["y_val"], data, device, amp, rank, world)
         elapsed += time.time() - t0
@@ -395,16 +453,19 @@ def main(argv=None):
         if rank == 0:
             write_jsonl(os.path.join(out, "metrics.jsonl"), history)
             ckpt = dict(model=model.state_dict(), optimizer=optimizer.state_dict(), epoch=epoch + 1,
-                        history=history, elapsed=elapsed)
+                        history=history, elapsed=elapsed, peak_memory_mb=peak_memory)
             torch.save(ckpt, os.path.join(out, "checkpoint.pt.tmp"))
             os.replace(os.path.join(out, "checkpoint.pt.tmp"), os.path.join(out, "checkpoint.pt"))
             val_text = f"val_loss {val_loss:.4f} val_acc {val_acc:.4f}" if val_acc is not None else "no validation set"
             print(f"epoch {epoch + 1}/{cfg['epochs']} train_loss {row['train_loss']:.4f} train_acc {row['train_acc']:.4f} "
                   f"{val_text} {row['images_per_s']:.0f} img/s {elapsed:.1f}s", flush=True)
 
+    if world > 1:  # the final evaluation runs on rank 0 alone: no collective may wait on it
+        dist.barrier()
+        dist.destroy_process_group()
     if rank == 0:
         final = final_metrics(model, data, cfg, device, amp, history)
-        final["peak_memory_mb"] = torch.cuda.max_memory_allocated(device) / 2 ** 20 if device.type == "cuda" else None
+        final["peak_memory_mb"] = peak_memory
         final["train_time_s"] = elapsed
         final["epochs"] = len(history)
         write_json(os.path.join(out, "final.json"), final)
@@ -412,9 +473,6 @@ def main(argv=None):
         if "corruption_mean" in final:
             summary += f" corruption_mean {final['corruption_mean']:.4f}"
         print(f"{out}: {summary}", flush=True)
-    if world > 1:
-        dist.barrier()
-        dist.destroy_process_group()
     return 0
 
 

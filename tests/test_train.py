@@ -78,6 +78,14 @@ def test_evaluate_cli_reproduces_final_metrics(vit_run, tmp_path):
     assert again["epoch"] == 10
 
 
+def test_evaluate_cli_rejects_a_folder_without_a_run(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        evaluate.main([str(tmp_path)])
+    assert e.value.code == 2
+    assert capsys.readouterr().err.strip() == \
+        f"evaluate.py: error: {tmp_path} is not a run folder with a checkpoint (need config.json and checkpoint.pt)"
+
+
 def test_interrupted_run_resumes_to_the_same_result(tmp_path):
     args = [*TINY_VIT, *TINY_DATA, "--epochs", "3", "--dropout", "0.1"]
     _, full_rows, full_final = run_train(tmp_path / "full", *args)
@@ -96,6 +104,16 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path):
         assert final[key] == full_final[key], key
     again = subprocess.run(cmd + ["--resume"], capture_output=True, text=True)
     assert again.returncode == 0 and "already finished" in again.stdout
+    cfg, _, _ = read_run(tmp_path / "cut")
+    assert [r["epoch"] for r in cfg["resumes"]] == [1]  # resumed once, after epoch 1's checkpoint
+
+
+def test_unreadable_checkpoint_exits_2(tmp_path, exits_2):
+    out = tmp_path / "r"
+    run_train(out, *BASE)
+    os.remove(out / "final.json")
+    (out / "checkpoint.pt").write_bytes(b"garbage")
+    assert "--resume: cannot load" in exits_2([*BASE, "--out", str(out), "--resume"])
 
 
 def test_two_process_torchrun_matches_single_process(tmp_path):
@@ -156,6 +174,12 @@ BASE = [*TINY_VIT, *TINY_DATA, "--epochs", "1"]
     (["--fraction", "0.5"], "--fraction only applies to --regime sparse"),
     (["--regime", "imbalanced", "--imbalance-ratio", "0.5"], "--imbalance-ratio 0.5 must be at least 1"),
     (["--radius", "-1"], "--radius -1 must be 0 or more"),
+    (["--label-smoothing", "1.5"], "--label-smoothing 1.5 is outside [0, 1]"),
+    (["--drop-path", "1"], "--drop-path 1.0 is outside [0, 1)"),
+    (["--dropout", "-0.1"], "--dropout -0.1 is outside [0, 1)"),
+    (["--lr", "-1"], "--lr -1.0 must be positive"),
+    (["--weight-decay", "-1"], "--weight-decay -1.0 must be 0 or more"),
+    (["--synthetic-size", "8"], "--synthetic-size (8) at least 16"),
     (["--patch-size", "5"], "--patch-size 5 does not divide the image size 16; allowed: 1, 2, 4, 8, 16"),
     (["--regime", "many-classes"], "--regime many-classes trains on cifar100, but --dataset synthetic was given"),
     (["--device", "cuda"] if not torch.cuda.is_available() else ["--device", "tpu"], "--device"),
@@ -190,7 +214,7 @@ def test_missing_and_corrupt_dataset_folders_exit_2(tmp_path, exits_2, monkeypat
     assert not (tmp_path / "x").exists()
 
 
-def test_run_folder_is_protected(tmp_path, exits_2):
+def test_run_folder_is_protected(tmp_path, exits_2, monkeypatch):
     out = tmp_path / "done"
     run_train(out, *BASE)
     before = {f: open(out / f, "rb").read() for f in os.listdir(out)}
@@ -199,6 +223,12 @@ def test_run_folder_is_protected(tmp_path, exits_2):
     assert "--resume: " in exits_2([*BASE, "--out", str(out), "--resume", "--lr", "0.5"])
     assert {f: open(out / f, "rb").read() for f in os.listdir(out)} == before
     assert "has no checkpoint.pt to resume from" in exits_2([*BASE, "--out", str(tmp_path / "empty"), "--resume"])
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert "was started with 1 processes, not 2" in exits_2([*BASE, "--out", str(out), "--resume"])
+    monkeypatch.delenv("WORLD_SIZE")
+    (tmp_path / "file").write_text("x")
+    assert "--out " + str(tmp_path / "file") + " is a file, not a folder" in exits_2([*BASE, "--out", str(tmp_path / "file")])
+    assert {f: open(out / f, "rb").read() for f in os.listdir(out)} == before
     _, rows, _ = run_train(out, *BASE, "--epochs", "2", "--overwrite")
     assert len(rows) == 2
 
@@ -207,3 +237,15 @@ def test_cli_error_is_one_line_without_traceback(tmp_path):
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), "--arch", "vgg"], capture_output=True, text=True)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and "Traceback" not in proc.stderr
+
+
+def test_default_run_folders_differ_across_a_regime_sweep():
+    import train
+    name = lambda *a: train.resolve_args(train.get_parser().parse_args(list(a)))["out"]
+    assert name("--regime", "sparse", "--fraction", "0.01") == "runs/vit-sparse-f0.01-cifar10-s0"
+    assert name("--regime", "sparse", "--fraction", "0.05") != name("--regime", "sparse", "--fraction", "0.01")
+    assert name("--arch", "resnet18", "--regime", "sparse", "--per-class", "100", "--seed", "2") == \
+        "runs/resnet18-sparse-n100-cifar10-s2"
+    assert name("--regime", "imbalanced") == "runs/vit-imbalanced-r100-exp-cifar10-s0"
+    assert name("--attention", "local", "--radius", "2", "--regime", "many-classes") == \
+        "runs/vit-local2-many-classes-cifar100-s0"
