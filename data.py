@@ -1,8 +1,9 @@
 """Datasets and data regimes, all as uint8 tensors (N, 3, H, W) plus int64 labels.
 
 A batch starts here: `build_data` loads the dataset (`load_dataset`), holds out a stratified validation
-split and keeps the regime's training indices (`regime_indices`); train.py then takes index batches from
-`epoch_batches`, crops and flips them with `augment` on the device, and `normalize`s them.
+split and keeps the regime's training indices (`regime_indices`); train.py then draws each epoch's order and
+crops (`epoch_plan`), takes its slice of every global batch (`rank_batches`), crops and flips it on the device
+(`augment`) and `normalize`s it.
 """
 import os
 import pickle
@@ -236,36 +237,41 @@ def channel_stats(images, chunk=8192):
 
 # ----------------------------------------------------------------------------- batches and augmentation
 
-def epoch_batches(n, batch_size, epoch, seed, rank=0, world_size=1):
-    """This rank's batches for one epoch: (indices, augmentation key, global batch size, this rank's slice).
+def epoch_plan(n, epoch, seed, world_size=1, pad=4):
+    """One epoch's sample order and crop/flip draws: (perm, shifts (len, 2), flips (len,)), the same on every rank.
 
-    Every rank draws the same seeded permutation and cuts it into global batches; rank r takes the r-th
-    equal slice of each. The tail that does not divide by world_size is dropped, so shards are disjoint and
-    equal, and global batch i holds the same samples for any number of processes.
+    The tail that does not divide by world_size is dropped, so every process gets an equal share. Drawn on
+    the CPU from a generator seeded by (seed, epoch), so a resumed epoch repeats exactly; moved to the device
+    once per epoch, so the training loop makes no host-to-device copy per step.
     """
     g = torch.Generator().manual_seed(seed * 100003 + epoch)
-    perm = torch.randperm(n, generator=g)
-    perm = perm[: n - n % world_size]
-    batches = []
-    for i, start in enumerate(range(0, len(perm), batch_size)):
-        glob = perm[start:start + batch_size]
-        per_rank = len(glob) // world_size
-        rank_slice = slice(rank * per_rank, (rank + 1) * per_rank)
-        batches.append((glob[rank_slice], epoch * 1000003 + i, len(glob), rank_slice))
-    return batches
+    perm = torch.randperm(n, generator=g)[: n - n % world_size]
+    shifts = torch.randint(0, 2 * pad + 1, (len(perm), 2), generator=g)
+    flips = torch.rand(len(perm), generator=g) < 0.5
+    return perm, shifts, flips
 
 
-def augment(images, key, global_size, seed, rank_slice, pad=4):
-    """Random crop (zero padding `pad`) and horizontal flip of a uint8 batch, on the batch's device.
+def rank_batches(n, batch_size, rank=0, world_size=1):
+    """Slices of the epoch plan for this rank: its equal, disjoint part of each global batch of batch_size.
 
-    The random numbers are drawn for the whole global batch from a generator seeded by (seed, key) and this
-    rank takes its slice, so the augmentation matches the single-process run sample for sample.
+    Global batch i holds the same samples (and crops) for any number of processes, so a torchrun run
+    follows the single-process run with the same global batch.
+    """
+    slices = []
+    for start in range(0, n, batch_size):
+        per_rank = min(batch_size, n - start) // world_size
+        slices.append(slice(start + rank * per_rank, start + (rank + 1) * per_rank))
+    return slices
+
+
+def augment(images, shifts, flips, pad=4):
+    """Crop (zero padding `pad`, offsets `shifts` (n, 2) into the padded image) and flip (`flips` (n,)) a uint8 batch.
+
+    One gather on the batch's device: output pixel (i, c, r, k) is padded pixel (i, c, r + dy_i, k' + dx_i),
+    with k' = k, or w - 1 - k where the image is flipped.
     """
     n, c, h, w = images.shape
     dev = images.device
-    g = torch.Generator().manual_seed(seed * 7919 + key)
-    shifts = torch.randint(0, 2 * pad + 1, (global_size, 2), generator=g)[rank_slice].to(dev)
-    flips = (torch.rand(global_size, generator=g) < 0.5)[rank_slice].to(dev)
     padded = F.pad(images, (pad, pad, pad, pad))
     rows = shifts[:, 0, None] + torch.arange(h, device=dev)  # n, h
     cols = shifts[:, 1, None] + torch.arange(w, device=dev)  # n, w
@@ -276,9 +282,9 @@ def augment(images, key, global_size, seed, rank_slice, pad=4):
 
 
 def normalize(images, mean, std):
-    """uint8 (N, 3, H, W) to float32, standardised per channel."""
-    mean = torch.tensor(mean, device=images.device).view(1, -1, 1, 1)
-    std = torch.tensor(std, device=images.device).view(1, -1, 1, 1)
+    """uint8 (N, 3, H, W) to float32, standardised per channel; mean and std are lists or tensors on the device."""
+    mean = torch.as_tensor(mean, device=images.device).view(1, -1, 1, 1)
+    std = torch.as_tensor(std, device=images.device).view(1, -1, 1, 1)
     return (images.float() / 255 - mean) / std
 
 

@@ -20,9 +20,10 @@ def autocast(device, amp):
 def predict(model, images, mean, std, device, amp=False, batch_size=512):
     """Float32 logits for uint8 images (N, 3, H, W), in eval mode, batch by batch on `device`."""
     model.eval()
+    mean, std = (torch.tensor(v, device=device) for v in (mean, std))
     out = []
     for i in range(0, len(images), batch_size):
-        x = normalize(images[i:i + batch_size].to(device, non_blocking=True), mean, std)
+        x = normalize(images[i:i + batch_size].to(device), mean, std)
         with autocast(device, amp):
             out.append(model(x).float())
     return torch.cat(out) if out else torch.zeros(0)

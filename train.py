@@ -22,7 +22,7 @@ import torchvision
 from tqdm import tqdm
 
 from attention import ATTENTIONS
-from data import CORRUPTIONS, DATASETS, REGIMES, DataError, augment, build_data, epoch_batches, normalize
+from data import CORRUPTIONS, DATASETS, REGIMES, DataError, augment, build_data, epoch_plan, normalize, rank_batches
 from evaluate import autocast, final_metrics
 from model import ARCHS, RESNET_PRESETS, build_model, count_params, vit_config
 
@@ -161,6 +161,8 @@ def resolve_args(args):
         thresholds = sorted(float(t) for t in args.thresholds.split(","))
     except ValueError:
         fail(f"--thresholds '{args.thresholds}' is not a comma-separated list of numbers")
+    if not all(0 < t <= 1 for t in thresholds):
+        fail(f"--thresholds {args.thresholds} must be accuracies in (0, 1]")
     is_resnet = args.arch in RESNET_PRESETS
     args.opt = args.opt or ("sgd" if is_resnet else "adamw")
     args.lr = args.lr if args.lr is not None else {"adamw": 1e-3, "sgd": 0.1}[args.opt]
@@ -313,10 +315,11 @@ def evaluate_split(model, x, y, data, device, amp, rank, world, batch_size=512):
     """Mean cross-entropy and accuracy on a split, each rank taking every world-th sample."""
     model.eval()
     totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, count
+    mean, std = (torch.tensor(v, device=device) for v in (data["mean"], data["std"]))
     idx = torch.arange(rank, len(x), world)
     for i in range(0, len(idx), batch_size):
         b = idx[i:i + batch_size]
-        xb = normalize(x[b].to(device), data["mean"], data["std"])
+        xb = normalize(x[b].to(device), mean, std)
         yb = y[b].to(device)
         with autocast(device, amp):
             logits = model(xb).float()
@@ -398,8 +401,10 @@ def main(argv=None):
         ddp_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
     x_train, y_train = data["x_train"].to(device), data["y_train"].to(device)
+    mean, std = (torch.tensor(v, device=device) for v in (data["mean"], data["std"]))
     n_train = len(x_train)
-    steps_per_epoch = math.ceil((n_train - n_train % world) / cfg["batch_size"])
+    batches = rank_batches(n_train - n_train % world, cfg["batch_size"], rank, world)
+    steps_per_epoch = len(batches)
     total_steps = cfg["epochs"] * steps_per_epoch
     warmup_steps = round(cfg["warmup_epochs"] * steps_per_epoch)
     show_bar = rank == 0 and {"on": True, "off": False, "auto": sys.stderr.isatty()}[cfg["progress"]]
@@ -412,15 +417,15 @@ def main(argv=None):
         ddp_model.train()
         t0 = time.time()
         totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, count
-        batches = epoch_batches(n_train, cfg["batch_size"], epoch, cfg["seed"], rank, world)
+        perm, shifts, flips = (t.to(device) for t in epoch_plan(n_train, epoch, cfg["seed"], world))
         bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg['epochs']}", disable=not show_bar, leave=False)
-        for i, (idx, key, global_size, rank_slice) in enumerate(bar):
+        for i, part in enumerate(bar):
             lr = lr_at(epoch * steps_per_epoch + i, total_steps, warmup_steps, cfg["lr"])
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            idx = idx.to(device)
-            xb = augment(x_train[idx], key, global_size, cfg["seed"], rank_slice)
-            xb, yb = normalize(xb, data["mean"], data["std"]), y_train[idx]
+            idx = perm[part]
+            xb = normalize(augment(x_train[idx], shifts[part], flips[part]), mean, std)
+            yb = y_train[idx]
             with autocast(device, amp):
                 logits = ddp_model(xb)
             loss = F.cross_entropy(logits.float(), yb, label_smoothing=cfg["label_smoothing"])

@@ -125,33 +125,35 @@ def test_missing_and_corrupt_folders_raise_clear_errors(tmp_path, monkeypatch):
         data.load_cifar("cifar10", str(tmp_path), download=False)
 
 
-def test_epoch_batches_shard_disjoint_equal_and_match_single_process():
-    single = data.epoch_batches(103, 16, epoch=2, seed=5)
-    shards = [data.epoch_batches(103, 16, epoch=2, seed=5, rank=r, world_size=2) for r in range(2)]
-    assert [len(s) for s in shards] == [7, 7]
-    for i, ((g0, k0, n0, s0), (g1, k1, n1, s1)) in enumerate(zip(*shards)):
-        assert len(g0) == len(g1) and k0 == k1 and n0 == n1
-        assert set(g0.tolist()).isdisjoint(g1.tolist())
-        # Global batch i of the two-process run is global batch i of the one-process run (tail of 1 dropped).
-        assert torch.equal(torch.cat([g0, g1]), single[i][0][: n0])
-    assert sum(len(b[0]) for b in single) == 103
-    assert not torch.equal(single[0][0], data.epoch_batches(103, 16, epoch=3, seed=5)[0][0])
+def test_rank_batches_shard_disjoint_equal_and_match_single_process():
+    perm, shifts, flips = data.epoch_plan(103, epoch=2, seed=5, world_size=2)
+    assert len(perm) == 102 and sorted(perm.tolist()) != list(range(102))  # tail of 1 dropped, shuffled
+    assert set(perm.tolist()) <= set(range(103)) and len(set(perm.tolist())) == 102
+    single = data.rank_batches(102, 16)
+    shards = [data.rank_batches(102, 16, rank=r, world_size=2) for r in range(2)]
+    assert [len(s) for s in shards] == [7, 7] and len(single) == 7
+    for one, r0, r1 in zip(single, *shards):
+        assert r0.stop - r0.start == r1.stop - r1.start  # equal shares
+        assert r0.stop == r1.start and (r0.start, r1.stop) == (one.start, one.stop)  # disjoint, together the global batch
+    # The plan is the same on every rank and differs between epochs.
+    again = data.epoch_plan(103, epoch=2, seed=5, world_size=2)
+    assert all(torch.equal(a, b) for a, b in zip((perm, shifts, flips), again))
+    assert not torch.equal(perm, data.epoch_plan(103, epoch=3, seed=5, world_size=2)[0])
+    assert shifts.min() >= 0 and shifts.max() <= 8 and 0.3 < flips.float().mean() < 0.7
 
 
 def test_augment_is_a_crop_of_the_padded_image_and_a_flip():
     x = torch.randint(0, 256, (6, 3, 8, 8), dtype=torch.uint8)
-    out = data.augment(x, key=11, global_size=6, seed=0, rank_slice=slice(0, 6), pad=2)
+    shifts = torch.tensor([[0, 0], [4, 4], [1, 3], [2, 0], [0, 4], [3, 1]])
+    flips = torch.tensor([False, True, False, True, True, False])
+    out = data.augment(x, shifts, flips, pad=2)
     padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
-    g = torch.Generator().manual_seed(0 * 7919 + 11)
-    shifts = torch.randint(0, 5, (6, 2), generator=g)
-    flips = torch.rand(6, generator=g) < 0.5
     for i in range(6):
         dy, dx = shifts[i].tolist()
         crop = padded[i, :, dy:dy + 8, dx:dx + 8]
         assert torch.equal(out[i], crop.flip(2) if flips[i] else crop)
-    # A rank's slice of the global batch gets exactly the crops the single process gives those samples.
-    half = data.augment(x[3:], key=11, global_size=6, seed=0, rank_slice=slice(3, 6), pad=2)
-    assert torch.equal(half, out[3:])
+    assert (out[0, :, :2, :] == 0).all() and (out[0, :, :, :2] == 0).all()  # shift (0, 0): zero padding top and left
+    assert torch.equal(data.augment(x, torch.full((6, 2), 2), torch.zeros(6, dtype=torch.bool), pad=2), x)
 
 
 def test_channel_stats_match_numpy():

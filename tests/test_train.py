@@ -179,6 +179,7 @@ BASE = [*TINY_VIT, *TINY_DATA, "--epochs", "1"]
     (["--dropout", "-0.1"], "--dropout -0.1 is outside [0, 1)"),
     (["--lr", "-1"], "--lr -1.0 must be positive"),
     (["--weight-decay", "-1"], "--weight-decay -1.0 must be 0 or more"),
+    (["--thresholds", "0.5,70"], "--thresholds 0.5,70 must be accuracies in (0, 1]"),
     (["--synthetic-size", "8"], "--synthetic-size (8) at least 16"),
     (["--patch-size", "5"], "--patch-size 5 does not divide the image size 16; allowed: 1, 2, 4, 8, 16"),
     (["--regime", "many-classes"], "--regime many-classes trains on cifar100, but --dataset synthetic was given"),
