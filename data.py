@@ -214,12 +214,17 @@ def build_data(args, seed):
         g = torch.Generator().manual_seed(seed + 2)
         pick = torch.randperm(len(x_train), generator=g)[: int(round(args.train_corruption_fraction * len(x_train)))]
         x_train[pick] = corrupt(x_train[pick], args.train_corruption, args.train_severity, seed=seed + 3)
+    x_test, y_test = raw["x_test"], raw["y_test"]
+    if getattr(args, "test_per_class", None):
+        # A fixed subset (seed 0, not --seed): every run and every seed is tested on the same images.
+        pick = torch.cat([p[:args.test_per_class] for p in class_permutations(y_test, C, 0)]).sort().values
+        x_test, y_test = x_test[pick], y_test[pick]
     counts = lambda labels: torch.bincount(labels, minlength=C).tolist()
     mean, std = channel_stats(x_train)
     return dict(x_train=x_train, y_train=y_train, x_val=x[val_idx], y_val=y[val_idx],
-                x_test=raw["x_test"], y_test=raw["y_test"], num_classes=C, class_names=raw["class_names"],
+                x_test=x_test, y_test=y_test, num_classes=C, class_names=raw["class_names"],
                 mean=mean, std=std,
-                counts=dict(train=counts(y_train), val=counts(y[val_idx]), test=counts(raw["y_test"])))
+                counts=dict(train=counts(y_train), val=counts(y[val_idx]), test=counts(y_test)))
 
 
 def channel_stats(images, chunk=8192):

@@ -72,8 +72,12 @@ def _sync(device):
 
 
 @torch.no_grad()
-def measure_speed(model, image_size, device, amp=False, batch_size=256, repeats=10):
-    """Inference throughput (images/s at batch_size) and median latency (ms at batch size 1), after warm-up."""
+def measure_speed(model, image_size, device, amp=False, batch_size=256, repeats=10, max_seconds=2.0):
+    """Inference throughput (images/s at batch_size) and median latency (ms at batch size 1), after warm-up.
+
+    Up to `repeats` timed calls after 3 warm-up calls, but no more once `max_seconds` are spent (at least 3):
+    a slow CPU model would otherwise spend half a minute here.
+    """
     model.eval()
     results = {}
     for bs in (batch_size, 1):
@@ -87,6 +91,8 @@ def measure_speed(model, image_size, device, amp=False, batch_size=256, repeats=
             _sync(device)
             if i >= 3:
                 times.append(time.perf_counter() - t)
+                if len(times) >= 3 and sum(times) > max_seconds:
+                    break
         results[bs] = statistics.median(times)
     return dict(throughput_images_per_s=batch_size / results[batch_size], latency_ms=1000 * results[1])
 

@@ -54,6 +54,7 @@ def get_parser():
     a("--synthetic-per-class", type=int, default=500, help="synthetic training images per class (test: a fifth)")
     a("--synthetic-size", type=int, default=32, help="synthetic image side in pixels (default 32)")
     a("--val-fraction", type=float, default=0.1, help="stratified share of the training set held out (default 0.1)")
+    a("--test-per-class", type=int, default=None, help="evaluate on a fixed balanced test subset of this many images per class")
     g = p.add_argument_group("regimes")
     g.add_argument("--fraction", type=float, default=None, help="sparse: share of each class kept, in (0, 1] (default 0.1)")
     g.add_argument("--per-class", type=int, default=None, help="sparse: images kept per class (instead of --fraction)")
@@ -89,10 +90,13 @@ def get_parser():
     g.add_argument("--label-smoothing", type=float, default=0.1)
     g.add_argument("--grad-clip", type=float, default=1.0, help="max gradient norm, 0 disables")
     g.add_argument("--seed", type=int, default=0, help="seeds the model, the batch order and the data subset")
+    g.add_argument("--time-budget", type=float, default=None,
+                   help="seconds of training steps: the schedule follows the share of the budget spent and training "
+                        "stops when it is spent (--epochs is then an upper bound); single process only")
     g = p.add_argument_group("run")
     g.add_argument("--device", default="auto", help="auto (cuda if present), cpu or cuda")
     g.add_argument("--no-amp", action="store_true", help="no bf16 autocast on CUDA (it is always off on CPU)")
-    g.add_argument("--out", default=None, help="run folder (default: runs/<arch>[-local<R>]-<regime>[-f<F>|-n<N>|-r<R>-<profile>]-<dataset>-s<seed>)")
+    g.add_argument("--out", default=None, help="run folder (default: runs/<arch>[-local<R>][-t<S>s]-<regime>[-f<F>|-n<N>|-r<R>-<profile>]-<dataset>-s<seed>)")
     g.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     g.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     g.add_argument("--thresholds", default="0.3,0.4,0.5,0.6,0.7,0.8,0.9", help="val accuracies for epochs_to/seconds_to")
@@ -141,6 +145,10 @@ def resolve_args(args):
     if args.synthetic_per_class < 5 or args.synthetic_size < 16:  # 16: defocus_blur's 17x17 kernel needs it
         fail(f"--synthetic-per-class ({args.synthetic_per_class}) must be at least 5 "
              f"and --synthetic-size ({args.synthetic_size}) at least 16")
+    if args.test_per_class is not None and args.test_per_class < 1:
+        fail(f"--test-per-class {args.test_per_class} must be at least 1")
+    if args.time_budget is not None and args.time_budget <= 0:
+        fail(f"--time-budget {args.time_budget} must be positive seconds")
     if args.epochs < 1 or args.batch_size < 1:
         fail(f"--epochs ({args.epochs}) and --batch-size ({args.batch_size}) must be at least 1")
     ranges = {  # flag: (value, low, high, high included)
@@ -186,8 +194,9 @@ def resolve_args(args):
 
 
 def default_out(args):
-    """runs/<arch>[-local<R>]-<regime>[<its parameter>]-<dataset>-s<seed>: distinct across a regime sweep."""
+    """runs/<arch>[-local<R>][-t<budget>s]-<regime>[<its parameter>]-<dataset>-s<seed>: distinct across a sweep."""
     arch = args.arch + (f"-local{args.radius}" if args.attention == "local" else "")
+    arch += f"-t{args.time_budget:g}s" if args.time_budget else ""
     regime = args.regime
     if regime == "sparse":
         regime += f"-n{args.per_class}" if args.per_class is not None else f"-f{args.fraction:g}"
@@ -291,12 +300,11 @@ def check_out_dir(cfg, world):
     return False
 
 
-def lr_at(step, total_steps, warmup_steps, peak):
-    """Linear warm-up to peak over warmup_steps, then cosine decay to 0 at total_steps."""
-    if step < warmup_steps:
-        return peak * (step + 1) / warmup_steps
-    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-    return peak * 0.5 * (1 + math.cos(math.pi * progress))
+def lr_at(progress, warmup, peak):
+    """Learning rate when `progress` of training is done: linear warm-up over the first `warmup`, then cosine to 0."""
+    if progress < warmup:
+        return peak * progress / warmup
+    return peak * 0.5 * (1 + math.cos(math.pi * min(1.0, (progress - warmup) / max(1e-12, 1 - warmup))))
 
 
 def make_optimizer(model, cfg):
@@ -341,6 +349,8 @@ def main(argv=None):
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     if cfg["batch_size"] % world:
         fail(f"--batch-size {cfg['batch_size']} is not divisible by the {world} processes")
+    if cfg["time_budget"] is not None and world > 1:  # each process's clock would end its run at another step
+        fail(f"--time-budget needs a single process, not {world}")
     device = make_device(cfg["device"], local_rank=local_rank)
     if check_out_dir(cfg, world):
         if rank == 0:
@@ -367,7 +377,7 @@ def main(argv=None):
     optimizer = make_optimizer(model, cfg)
 
     out = cfg["out"]
-    start_epoch, history, elapsed, peak_memory = 0, [], 0.0, None
+    start_epoch, history, elapsed, step_time, peak_memory = 0, [], 0.0, 0.0, None
     if cfg["resume"]:
         try:
             ckpt = torch.load(os.path.join(out, "checkpoint.pt"), map_location=device, weights_only=False)
@@ -375,7 +385,8 @@ def main(argv=None):
             optimizer.load_state_dict(ckpt["optimizer"])
         except Exception as e:
             fail(f"--resume: cannot load {os.path.join(out, 'checkpoint.pt')} ({type(e).__name__}: {e})")
-        start_epoch, history, elapsed, peak_memory = ckpt["epoch"], ckpt["history"], ckpt["elapsed"], ckpt["peak_memory_mb"]
+        start_epoch, history, elapsed = ckpt["epoch"], ckpt["history"], ckpt["elapsed"]
+        step_time, peak_memory = ckpt["step_time"], ckpt["peak_memory_mb"]
         if rank == 0:  # config.json keeps describing the first launch; each resume is logged beside it
             config = read_json(os.path.join(out, "config.json"))
             config.setdefault("resumes", []).append(dict(epoch=start_epoch, device=device_name(device),
@@ -406,7 +417,9 @@ def main(argv=None):
     batches = rank_batches(n_train - n_train % world, cfg["batch_size"], rank, world)
     steps_per_epoch = len(batches)
     total_steps = cfg["epochs"] * steps_per_epoch
-    warmup_steps = round(cfg["warmup_epochs"] * steps_per_epoch)
+    warmup = cfg["warmup_epochs"] / cfg["epochs"]
+    budget = cfg["time_budget"]
+    out_of_time = False
     show_bar = rank == 0 and {"on": True, "off": False, "auto": sys.stderr.isatty()}[cfg["progress"]]
     steps_run = 0
     if device.type == "cuda":
@@ -420,7 +433,8 @@ def main(argv=None):
         perm, shifts, flips = (t.to(device) for t in epoch_plan(n_train, epoch, cfg["seed"], world))
         bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg['epochs']}", disable=not show_bar, leave=False)
         for i, part in enumerate(bar):
-            lr = lr_at(epoch * steps_per_epoch + i, total_steps, warmup_steps, cfg["lr"])
+            done = (step_time + time.time() - t0) / budget if budget else (epoch * steps_per_epoch + i + 1) / total_steps
+            lr = lr_at(done, warmup, cfg["lr"])
             for group in optimizer.param_groups:
                 group["lr"] = lr
             idx = perm[part]
@@ -443,12 +457,16 @@ def main(argv=None):
             if cfg["stop_after_steps"] is not None and steps_run >= cfg["stop_after_steps"]:
                 print(f"stopped after {steps_run} steps (--stop-after-steps); continue with --resume", file=sys.stderr)
                 os._exit(3)  # like a kill: no cleanup, no final files
+            if budget and step_time + time.time() - t0 >= budget:
+                out_of_time = True
+                break
         if world > 1:
             dist.all_reduce(totals)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
             peak_memory = max(peak_memory or 0, torch.cuda.max_memory_allocated(device) / 2 ** 20)
         train_seconds = time.time() - t0
+        step_time += train_seconds
         val_loss, val_acc = evaluate_split(model, data["x_val"], data["y_val"], data, device, amp, rank, world)
         elapsed += time.time() - t0
         loss_sum, correct, count = totals.tolist()
@@ -458,12 +476,14 @@ def main(argv=None):
         if rank == 0:
             write_jsonl(os.path.join(out, "metrics.jsonl"), history)
             ckpt = dict(model=model.state_dict(), optimizer=optimizer.state_dict(), epoch=epoch + 1,
-                        history=history, elapsed=elapsed, peak_memory_mb=peak_memory)
+                        history=history, elapsed=elapsed, step_time=step_time, peak_memory_mb=peak_memory)
             torch.save(ckpt, os.path.join(out, "checkpoint.pt.tmp"))
             os.replace(os.path.join(out, "checkpoint.pt.tmp"), os.path.join(out, "checkpoint.pt"))
             val_text = f"val_loss {val_loss:.4f} val_acc {val_acc:.4f}" if val_acc is not None else "no validation set"
             print(f"epoch {epoch + 1}/{cfg['epochs']} train_loss {row['train_loss']:.4f} train_acc {row['train_acc']:.4f} "
                   f"{val_text} {row['images_per_s']:.0f} img/s {elapsed:.1f}s", flush=True)
+        if out_of_time:
+            break
 
     if world > 1:  # the final evaluation runs on rank 0 alone: no collective may wait on it
         dist.barrier()
@@ -472,6 +492,7 @@ def main(argv=None):
         final = final_metrics(model, data, cfg, device, amp, history)
         final["peak_memory_mb"] = peak_memory
         final["train_time_s"] = elapsed
+        final["train_step_time_s"] = step_time
         final["epochs"] = len(history)
         write_json(os.path.join(out, "final.json"), final)
         summary = f"test_acc {final['test_acc']:.4f} top5 {final['test_top5']:.4f} macro_f1 {final['macro_f1']:.4f}"

@@ -76,6 +76,13 @@ def test_build_data_split_is_stratified_and_val_test_stay_balanced():
     assert not any(bytes(x.numpy()) in train_rows for x in d2["x_val"])
 
 
+def test_test_subset_is_balanced_and_the_same_for_every_seed():
+    a = data.build_data(full_args(test_per_class=3), seed=0)
+    b = data.build_data(full_args(test_per_class=3), seed=5)
+    assert a["counts"]["test"] == [3] * 10 and torch.equal(a["x_test"], b["x_test"])
+    assert not torch.equal(a["x_train"], b["x_train"])  # the seed still moves the validation split
+
+
 def test_train_corruption_replaces_the_requested_share():
     clean = data.build_data(full_args(), seed=0)
     dirty = data.build_data(full_args(train_corruption="contrast", train_severity=5, train_corruption_fraction=0.25), seed=0)

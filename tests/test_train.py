@@ -248,5 +248,37 @@ def test_default_run_folders_differ_across_a_regime_sweep():
     assert name("--arch", "resnet18", "--regime", "sparse", "--per-class", "100", "--seed", "2") == \
         "runs/resnet18-sparse-n100-cifar10-s2"
     assert name("--regime", "imbalanced") == "runs/vit-imbalanced-r100-exp-cifar10-s0"
+    assert name("--time-budget", "60") == "runs/vit-t60s-standard-cifar10-s0"
     assert name("--attention", "local", "--radius", "2", "--regime", "many-classes") == \
         "runs/vit-local2-many-classes-cifar100-s0"
+
+
+def test_lr_schedule_against_hand_values():
+    import train
+    assert train.lr_at(0.05, 0.1, 1.0) == pytest.approx(0.5)  # half-way through warm-up
+    assert train.lr_at(0.1, 0.1, 1.0) == pytest.approx(1.0)  # peak at the end of warm-up
+    assert train.lr_at(0.55, 0.1, 1.0) == pytest.approx(0.5)  # cosine half-way: (1 + cos(pi / 2)) / 2
+    assert train.lr_at(1.0, 0.1, 1.0) == pytest.approx(0.0, abs=1e-12)
+    assert train.lr_at(1.3, 0.1, 1.0) == pytest.approx(0.0, abs=1e-12)  # a budget overrun stays at 0
+    assert train.lr_at(0.5, 0.0, 2.0) == pytest.approx(1.0)  # no warm-up
+
+
+def test_time_budget_stops_training_when_spent(tmp_path):
+    cfg, rows, final = run_train(tmp_path / "t", *TINY_VIT, *TINY_DATA, "--epochs", "1000", "--time-budget", "1.5")
+    assert 1 <= len(rows) < 1000 and final["epochs"] == len(rows)
+    one_epoch = 540 / min(r["images_per_s"] for r in rows)  # the slowest epoch's length
+    assert 1.5 <= final["train_step_time_s"] <= 1.5 + one_epoch + 0.5
+    assert rows[-1]["lr"] < 0.2 * cfg["lr"]  # the cosine ran (nearly) to its end within the budget
+    assert cfg["time_budget"] == 1.5
+
+
+def test_time_budget_refuses_several_processes(tmp_path, exits_2, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert "--time-budget needs a single process, not 2" in exits_2([*BASE, "--time-budget", "5", "--out", str(tmp_path / "x")])
+
+
+def test_test_per_class_keeps_a_fixed_balanced_subset(tmp_path):
+    a, _, fa = run_train(tmp_path / "a", *BASE, "--test-per-class", "3")
+    b, _, fb = run_train(tmp_path / "b", *BASE, "--test-per-class", "3", "--seed", "1")
+    assert a["counts_per_class"]["test"] == [3] * 10 and b["counts_per_class"]["test"] == [3] * 10
+    assert sum(map(sum, fa["confusion"])) == 30 and sum(map(sum, fb["confusion"])) == 30
