@@ -183,6 +183,8 @@ def long_tail_counts(n_max, num_classes, ratio, profile="exp"):
 def regime_indices(labels, num_classes, args, seed):
     """Indices (into labels) of the training samples the regime keeps; identical for every architecture."""
     perms = class_permutations(labels, num_classes, seed + 1)  # independent of the validation split's order
+    if getattr(args, "max_per_class", None):
+        perms = [p[:args.max_per_class] for p in perms]  # a smaller pool, still a prefix: subsets keep nesting
     sizes = [len(p) for p in perms]
     if args.regime == "sparse":
         if args.per_class is not None:

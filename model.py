@@ -10,6 +10,7 @@ VIT_PRESETS = {
     "vit": dict(depth=6, dim=256, heads=8, mlp_ratio=2.0, patch_size=4),
     "vit-tiny": dict(depth=12, dim=192, heads=3, mlp_ratio=4.0, patch_size=4),
     "vit-small": dict(depth=12, dim=384, heads=6, mlp_ratio=4.0, patch_size=4),
+    "vit-11m": dict(depth=6, dim=384, heads=6, mlp_ratio=4.0, patch_size=4),  # ResNet-18's parameter count
     "vit-shallow": dict(depth=2, dim=256, heads=8, mlp_ratio=2.0, patch_size=4),
     "vit-shallow1": dict(depth=1, dim=256, heads=8, mlp_ratio=2.0, patch_size=4),
 }

@@ -54,6 +54,8 @@ def get_parser():
     a("--synthetic-per-class", type=int, default=500, help="synthetic training images per class (test: a fifth)")
     a("--synthetic-size", type=int, default=32, help="synthetic image side in pixels (default 32)")
     a("--val-fraction", type=float, default=0.1, help="stratified share of the training set held out (default 0.1)")
+    a("--max-per-class", type=int, default=None,
+      help="cap every class's training pool at this many images before the regime (a seeded prefix; for quick sweeps)")
     a("--test-per-class", type=int, default=None, help="evaluate on a fixed balanced test subset of this many images per class")
     g = p.add_argument_group("regimes")
     g.add_argument("--fraction", type=float, default=None, help="sparse: share of each class kept, in (0, 1] (default 0.1)")
@@ -145,6 +147,8 @@ def resolve_args(args):
     if args.synthetic_per_class < 5 or args.synthetic_size < 16:  # 16: defocus_blur's 17x17 kernel needs it
         fail(f"--synthetic-per-class ({args.synthetic_per_class}) must be at least 5 "
              f"and --synthetic-size ({args.synthetic_size}) at least 16")
+    if args.max_per_class is not None and args.max_per_class < 1:
+        fail(f"--max-per-class {args.max_per_class} must be at least 1")
     if args.test_per_class is not None and args.test_per_class < 1:
         fail(f"--test-per-class {args.test_per_class} must be at least 1")
     if args.time_budget is not None and args.time_budget <= 0:

@@ -266,3 +266,15 @@ def test_unknown_corruption_and_severity_are_rejected(photos):
         data.corrupt(photos, "fog", 1)
     with pytest.raises(data.DataError, match="severity must be 1..5, got 6"):
         data.corrupt(photos, "contrast", 6)
+
+
+def test_max_per_class_caps_the_pool_and_regimes_nest_inside_it():
+    labels = torch.arange(10).repeat_interleave(500)
+    capped = lambda **kw: data.regime_indices(labels, 10, regime_args(max_per_class=50, **kw), seed=1)
+    pool = set(capped().tolist())
+    assert torch.bincount(labels[capped()], minlength=10).tolist() == [50] * 10
+    sparse = set(capped(regime="sparse", fraction=0.2).tolist())
+    assert len(sparse) == 100 and sparse < pool
+    assert sparse < set(data.regime_indices(labels, 10, regime_args(regime="sparse", fraction=0.2), seed=1).tolist())
+    long_tail = capped(regime="imbalanced", imbalance_ratio=10.0)
+    assert torch.bincount(labels[long_tail], minlength=10).tolist() == data.long_tail_counts(50, 10, 10.0)

@@ -1,0 +1,178 @@
+#!/usr/bin/env bash
+# The whole study in one command: every experiment of the question, ViT and ResNet-18 side by side on the
+# same data (same seed, same subset). Finished runs are skipped and interrupted ones resumed, so running it
+# again after a crash only does what is missing. Then: python analyze.py RUNS_DIR
+set -uo pipefail
+cd "$(dirname "$0")"
+
+EXPERIMENTS="regimes data-efficiency shallow locality matched-params matched-time"
+profile=full seeds="" gpus=0 dry_run=0 only="" runs="" data_dir=data time_budget=""
+
+usage() {
+    cat <<EOF
+usage: bash run_all.sh [--profile full|quick] [--seeds 0,1,2] [--gpus N] [--dry-run] [--only EXP[,EXP]]
+                       [--runs DIR] [--data-dir DIR] [--time-budget SECONDS]
+
+  --profile full    the real study, meant for a GPU (default): 200 epochs, 3 seeds
+  --profile quick   the same grid shrunk (tiny models, 3 epochs, 50 images per class, 1 seed) to finish on a
+                    2-core CPU in minutes; on CIFAR-10 if DATA_DIR/cifar-10-batches-py exists, else on synthetic
+  --seeds LIST      comma-separated seeds (default: 0,1,2 full, 0 quick)
+  --gpus N          run each job with torchrun --nproc_per_node=N (time-budget jobs stay single-process)
+  --dry-run         print every command without running it ('# done' marks finished runs)
+  --only LIST       run only these experiments: ${EXPERIMENTS// /, }
+  --runs DIR        where run folders go (default: runs/full or runs/quick)
+  --data-dir DIR    where the CIFAR folders are (default: data)
+  --time-budget S   seconds of training per model in matched-time (default: 1200 full, 20 quick)
+EOF
+}
+die() { echo "run_all.sh: error: $*" >&2; exit 2; }
+
+while [ $# -gt 0 ]; do
+    case "$1" in
+        -h|--help) usage; exit 0 ;;
+        --dry-run) dry_run=1; shift ;;
+        --profile|--seeds|--gpus|--only|--runs|--data-dir|--time-budget)
+            [ $# -ge 2 ] || die "$1 needs a value"
+            case "$1" in
+                --profile) profile=$2 ;; --seeds) seeds=$2 ;; --gpus) gpus=$2 ;; --only) only=$2 ;;
+                --runs) runs=$2 ;; --data-dir) data_dir=$2 ;; --time-budget) time_budget=$2 ;;
+            esac
+            shift 2 ;;
+        *) die "unknown argument '$1'; see bash run_all.sh --help" ;;
+    esac
+done
+
+case "$profile" in full|quick) ;; *) die "--profile '$profile' is not one of full, quick" ;; esac
+[[ "$gpus" =~ ^[0-9]+$ ]] || die "--gpus '$gpus' is not a whole number"
+[ -z "$seeds" ] && { [ "$profile" = full ] && seeds=0,1,2 || seeds=0; }
+[[ "$seeds" =~ ^[0-9]+(,[0-9]+)*$ ]] || die "--seeds '$seeds' is not a comma-separated list of whole numbers"
+only=${only:-${EXPERIMENTS// /,}}
+for e in ${only//,/ }; do
+    [[ " $EXPERIMENTS " == *" $e "* ]] || die "unknown experiment '$e'; choose from ${EXPERIMENTS// /, }"
+done
+runs=${runs:-runs/$profile}
+
+# ---------------------------------------------------------------- profile settings
+if [ "$profile" = full ]; then
+    dataset=cifar10
+    common=(--epochs 200 --data-dir "$data_dir")
+    fractions="0.01 0.02 0.05 0.1 0.2 0.5"
+    radii="1 2 3 4"
+    corruptions=""  # all of them
+    time_budget=${time_budget:-1200}
+    declare -A size=([vit]="" [vit-shallow]="" [vit-11m]="" [resnet18]="" [resnet18-shallow]="")
+else
+    if [ -d "$data_dir/cifar-10-batches-py" ]; then
+        dataset=cifar10
+        echo "quick profile: CIFAR-10 from $data_dir/cifar-10-batches-py"
+    else
+        dataset=synthetic
+        echo "quick profile: no CIFAR-10 at $data_dir/cifar-10-batches-py, using the synthetic dataset"
+    fi
+    # 50 training images per class, 1% held out for validation, 50 test images per class: a 32 px ResNet
+    # trains at about 50 images/s on 2 CPU cores, so images, not model size, set the quick profile's time.
+    common=(--epochs 3 --data-dir "$data_dir" --max-per-class 50 --val-fraction 0.01 --test-per-class 50)
+    fractions="0.05 0.1 0.2 0.5"
+    radii="1 2"
+    corruptions="gaussian_noise,defocus_blur"
+    time_budget=${time_budget:-20}
+    # Tiny models; vit-11m keeps its role, a ViT with the quick ResNet-18's parameter count (618k vs 677k).
+    declare -A size=([vit]="--depth 2 --dim 64 --heads 4" [vit-shallow]="--depth 1 --dim 64 --heads 4"
+                     [vit-11m]="--depth 2 --dim 192 --heads 4 --mlp-ratio 2" [resnet18]="--stages 2"
+                     [resnet18-shallow]="--stages 1")
+fi
+have_cifar100=0
+[ -d "$data_dir/cifar-100-python" ] && have_cifar100=1
+[ "$profile" = full ] && have_cifar100=1  # the full profile downloads what is missing
+
+launcher=(python3)
+[ "$gpus" -gt 0 ] && launcher=(torchrun --standalone --nproc_per_node="$gpus")
+
+# ---------------------------------------------------------------- running one job
+finished=0 done_before=0 failed=()
+declare -A seen  # a cell shared by several experiments (the standard runs) is run and printed once
+job() {  # job NAME ARCH [train.py flags...]: one run per seed, in RUNS/NAME-s<seed>
+    local name=$1 arch=$2; shift 2
+    local seed
+    for seed in ${seeds//,/ }; do
+        local out="$runs/$name-s$seed"
+        [ -n "${seen[$out]:-}" ] && continue
+        seen[$out]=1
+        local run_with=("${launcher[@]}")
+        [[ " $* " == *" --time-budget "* ]] && run_with=(python3)
+        # shellcheck disable=SC2206  # the size flags are meant to split into words
+        local cmd=("${run_with[@]}" train.py --arch "$arch" ${size[$arch]} "${common[@]}" "$@" --seed "$seed" --out "$out")
+        if [ -f "$out/final.json" ]; then
+            done_before=$((done_before + 1))
+            [ "$dry_run" = 1 ] && echo "# done: ${cmd[*]}"
+            continue
+        fi
+        [ -f "$out/checkpoint.pt" ] && cmd+=(--resume)
+        if [ "$dry_run" = 1 ]; then
+            echo "${cmd[*]}"
+            continue
+        fi
+        echo ">>> ${cmd[*]}"
+        if "${cmd[@]}"; then finished=$((finished + 1)); else failed+=("$out"); fi
+    done
+}
+wants() { [[ ",$only," == *",$1,"* ]]; }
+both() {  # both NAME_SUFFIX [flags...]: the ViT and ResNet-18 of one cell, on identical data
+    local suffix=$1; shift
+    job "vit-$suffix" vit "$@"
+    job "resnet18-$suffix" resnet18 "$@"
+}
+data_flags=(--dataset "$dataset")
+
+# ---------------------------------------------------------------- the grid
+if wants regimes; then  # 1. regimes
+    both "standard-$dataset" "${data_flags[@]}"
+    if [ "$have_cifar100" = 1 ]; then
+        both "many-classes-cifar100" --regime many-classes
+    else
+        echo "regimes: many-classes skipped, no CIFAR-100 at $data_dir/cifar-100-python"
+    fi
+    both "imbalanced-r10-$dataset" "${data_flags[@]}" --regime imbalanced --imbalance-ratio 10
+    both "imbalanced-r100-$dataset" "${data_flags[@]}" --regime imbalanced --imbalance-ratio 100
+    both "corrupted-$dataset" "${data_flags[@]}" --regime corrupted ${corruptions:+--corruptions "$corruptions"}
+fi
+if wants data-efficiency; then  # 2. data efficiency; the 100% point is the standard run
+    both "standard-$dataset" "${data_flags[@]}"
+    for f in $fractions; do both "sparse-f$f-$dataset" "${data_flags[@]}" --regime sparse --fraction "$f"; done
+fi
+if wants shallow; then  # 3. shallow networks, beside their full-depth siblings
+    for cell in "standard-$dataset" "sparse-f0.1-$dataset"; do
+        flags=("${data_flags[@]}")
+        [[ "$cell" == sparse* ]] && flags+=(--regime sparse --fraction 0.1)
+        both "$cell" "${flags[@]}"
+        job "vit-shallow-$cell" vit-shallow "${flags[@]}"
+        job "resnet18-shallow-$cell" resnet18-shallow "${flags[@]}"
+    done
+fi
+if wants locality; then  # 4. attention locality: local radii beside full attention
+    for cell in "standard-$dataset" "sparse-f0.1-$dataset"; do
+        flags=("${data_flags[@]}")
+        [[ "$cell" == sparse* ]] && flags+=(--regime sparse --fraction 0.1)
+        both "$cell" "${flags[@]}"
+        for r in $radii; do job "vit-local$r-$cell" vit "${flags[@]}" --attention local --radius "$r"; done
+    done
+fi
+if wants matched-params; then  # 5a. equal parameter counts
+    both "standard-$dataset" "${data_flags[@]}"
+    job "vit-11m-standard-$dataset" vit-11m "${data_flags[@]}"
+fi
+if wants matched-time; then  # 5b. equal wall-clock training time, not equal epochs
+    # --epochs is only a cap here; the warm-up is 5% of the budget (warm-up epochs / epochs).
+    both "t${time_budget}s-standard-$dataset" "${data_flags[@]}" --time-budget "$time_budget" --epochs 1000 --warmup-epochs 50
+fi
+# 6. convergence (epochs and seconds to each accuracy threshold) is in every run's final.json.
+
+# ---------------------------------------------------------------- summary
+[ "$dry_run" = 1 ] && exit 0
+echo "run_all.sh: $finished runs finished now, $done_before were already done, ${#failed[@]} failed"
+if [ ${#failed[@]} -gt 0 ]; then
+    printf '  failed: %s\n' "${failed[@]}"
+    echo "  re-run the same command to retry them (finished runs are skipped)"
+    exit 1
+fi
+echo "next: python analyze.py $runs"
