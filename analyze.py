@@ -376,8 +376,15 @@ def section_corruption(groups, out):
         return None
     names = sorted(set.intersection(*(set(r["final"]["corruption"]) for g in gs for r in g["runs"])))
     cols = 4
-    fig, axes = plt.subplots(math.ceil((len(names) + 1) / cols), cols, figsize=(3 * cols, 2.6 * math.ceil((len(names) + 1) / cols)),
-                             squeeze=False)
+    panels = len(names) + 2  # one per corruption, their mean, and the relative drop from clean accuracy
+    fig, axes = plt.subplots(math.ceil(panels / cols), cols, figsize=(3 * cols, 2.6 * math.ceil(panels / cols)), squeeze=False)
+    drop_ax = axes.flat[len(names) + 1]
+    for g in gs:
+        per = [stats([1 - sum(r["final"]["corruption"][n][str(s)] for n in names) / len(names) / max(r["final"]["test_acc"], 1e-12)
+                      for r in g["runs"]]) for s in range(1, 6)]
+        drop_ax.errorbar(range(1, 6), [100 * m for m, _, _ in per], yerr=[100 * s for _, s, _ in per], marker="o",
+                         capsize=2, color=COLORS[g["model"]])
+    drop_ax.set(title="relative drop from clean", xlabel="severity", ylabel="drop (% of clean accuracy)", xticks=range(1, 6))
     for ax, name in zip(axes.flat, names + ["mean"]):
         for g in gs:
             per = [stats([(r["final"]["corruption"][name][str(s)] if name != "mean" else
@@ -385,7 +392,7 @@ def section_corruption(groups, out):
             ax.errorbar(range(1, 6), [100 * m for m, _, _ in per], yerr=[100 * s for _, s, _ in per], marker="o",
                         capsize=2, color=COLORS[g["model"]], label=f"{g['model']} ({g['cfg']['dataset']})")
         ax.set(title=name, xlabel="severity", ylabel="accuracy (%)", xticks=range(1, 6))
-    for ax in list(axes.flat)[len(names) + 1:]:
+    for ax in list(axes.flat)[panels:]:
         ax.axis("off")
     axes.flat[0].legend(fontsize=7)
     path = save(fig, out, "corruption")
@@ -452,19 +459,23 @@ def section_convergence(groups, out):
     text = ["Epochs to threshold (mean ± std over the seeds that reached it; '-': none did):\n\n" +
             table(groups, [(f"{100 * t:g}%", cell("epochs_to", t)) for t in thresholds]),
             "Seconds to threshold:\n\n" + table(groups, [(f"{100 * t:g}%", cell("seconds_to", t)) for t in thresholds])]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for g in base(groups):
-        if g["cfg"]["regime"] != "standard":
-            continue
-        pts = [(100 * t, reached(g, "seconds_to", t)[0]) for t in thresholds]
-        pts = [(t, s) for t, s in pts if s is not None]
-        if pts:
-            ax.plot([t for t, _ in pts], [s for _, s in pts], "o-", color=COLORS[g["model"]], label=f"{g['model']} ({g['cell']})")
-    ax.set(xlabel="validation accuracy threshold (%)", ylabel="seconds to reach it", title="Time to accuracy, standard data")
-    if ax.lines:
-        ax.legend(fontsize=8)
-    else:
-        ax.text(0.5, 0.5, "no standard run reached a threshold", ha="center", transform=ax.transAxes)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, field, unit in zip(axes, ("epochs_to", "seconds_to"), ("epochs", "seconds")):
+        for g in groups:
+            cfg = g["cfg"]
+            if cfg["arch"] not in BASE_ARCHS or cfg["regime"] != "standard" or cfg.get("attention", "full") != "full":
+                continue
+            pts = [(100 * t, reached(g, field, t)) for t in thresholds]
+            pts = [(t, m, s) for t, (m, s, _) in pts if m is not None]
+            if pts:
+                ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], marker="o", capsize=2,
+                            color=COLORS[cfg["arch"]], ls="--" if cfg.get("time_budget") else "-",
+                            label=f"{g['model']} ({g['cell']})")
+        ax.set(xlabel="validation accuracy threshold (%)", ylabel=f"{unit} to reach it", title=f"{unit.capitalize()} to accuracy, standard data")
+        if ax.lines:
+            ax.legend(fontsize=8)
+        else:
+            ax.text(0.5, 0.5, "no standard run reached a threshold", ha="center", transform=ax.transAxes)
     text.append(f"![convergence]({save(fig, out, 'convergence')})")
     return "\n\n".join(text)
 

@@ -183,7 +183,7 @@ def long_tail_counts(n_max, num_classes, ratio, profile="exp"):
 def regime_indices(labels, num_classes, args, seed):
     """Indices (into labels) of the training samples the regime keeps; identical for every architecture."""
     perms = class_permutations(labels, num_classes, seed + 1)  # independent of the validation split's order
-    if getattr(args, "max_per_class", None):
+    if getattr(args, "max_per_class", None):  # getattr: configs written before the flag existed lack it
         perms = [p[:args.max_per_class] for p in perms]  # a smaller pool, still a prefix: subsets keep nesting
     sizes = [len(p) for p in perms]
     if args.regime == "sparse":
@@ -217,7 +217,7 @@ def build_data(args, seed):
         pick = torch.randperm(len(x_train), generator=g)[: int(round(args.train_corruption_fraction * len(x_train)))]
         x_train[pick] = corrupt(x_train[pick], args.train_corruption, args.train_severity, seed=seed + 3)
     x_test, y_test = raw["x_test"], raw["y_test"]
-    if getattr(args, "test_per_class", None):
+    if getattr(args, "test_per_class", None):  # getattr: configs written before the flag existed lack it
         # A fixed subset (seed 0, not --seed): every run and every seed is tested on the same images.
         pick = torch.cat([p[:args.test_per_class] for p in class_permutations(y_test, C, 0)]).sort().values
         x_test, y_test = x_test[pick], y_test[pick]
