@@ -338,10 +338,16 @@ def section_locality(groups, out):
         mean = [100 * metric(g, "test_acc")[0] for g in cg]
         std = [100 * metric(g, "test_acc")[1] for g in cg]
         ax.errorbar([radius(g) for g in cg], mean, yerr=std, marker="o", capsize=3, label=c, color=f"C{i}")
-        best = max(cg, key=lambda g: metric(g, "test_acc")[0])
+        top = max(metric(g, "test_acc")[0] for g in cg)
+        leaders = [g for g in cg if metric(g, "test_acc")[0] == top]
         full = next((g for g in cg if g["model"] == "vit"), None)
-        findings.append(f"On {c} the best ViT attention is {best['model']} ({fmt(best, 'test_acc')}%)" +
-                        (f"; against full attention: {compare(best, full)}" if full and full is not best else "."))
+        if len(leaders) > 1:
+            findings.append(f"On {c} the highest mean test accuracy, {100 * top:.1f}%, is shared by "
+                            f"{', '.join(g['model'] for g in leaders)}.")
+        else:
+            best = leaders[0]
+            findings.append(f"On {c} the highest mean test accuracy is {best['model']}'s ({fmt(best, 'test_acc')}%)" +
+                            (f"; against full attention: {compare(best, full)}" if full and full is not best else "."))
     ax.set(xlabel=f"attention radius (patches; {grid - 1} = whole grid = full attention)", ylabel="test accuracy (%)",
            title="ViT accuracy against attention locality")
     ax.legend(fontsize=8)

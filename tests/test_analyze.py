@@ -102,7 +102,10 @@ def test_locality_imbalance_corruption_and_time_sections(tmp_path):
     fake_run(tmp_path, "vit-t20", 0, 0.5, time_budget=20.0)
     fake_run(tmp_path, "resnet18-t20", 0, 0.55, arch="resnet18", time_budget=20.0)
     report, _, _ = analyze.write_report([str(tmp_path)], str(tmp_path / "out"))
-    assert "the best ViT attention is vit local r=2 (65.0 ± 0.0%)" in report
+    assert "the highest mean test accuracy is vit local r=2's (65.0 ± 0.0%); against full attention: " in report
+    fake_run(tmp_path, "vit-local3", 0, 0.65, attention="local", radius=3)
+    report, _, _ = analyze.write_report([str(tmp_path)], str(tmp_path / "out"))
+    assert "the highest mean test accuracy, 65.0%, is shared by vit local r=2, vit local r=3." in report
     assert "| vit 20s | standard (cifar10) | 1 | 50.0 ± 0.0 | 20 | 2.0 ± 0.0 |" in report
     assert os.path.exists(tmp_path / "out" / "plots" / "locality.png")
     # Relative drop: lower is better, so the ViT (25.0% drop) is better than the ResNet (33.3%).
