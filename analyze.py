@@ -22,8 +22,14 @@ import matplotlib.ticker  # noqa: E402
 # Config keys that do not define what was trained: runs that differ only in these are seeds of one group.
 NOT_GROUP_KEYS = {"seed", "out", "command", "git_commit", "device", "resumes", "data_dir", "resume", "overwrite",
                   "progress", "stop_after_steps", "no_download", "versions", "amp_active", "normalization",
-                  "counts_per_class", "sizes", "class_names", "params"}
+                  "counts_per_class", "sizes", "class_names", "params", "world_size"}
 BASE_ARCHS = ("vit", "resnet18")
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line and exit code 2, as train.py (not imported: no torch needed here)
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        sys.exit(2)
 COLORS = {"vit": "tab:blue", "resnet18": "tab:orange"}
 
 
@@ -66,7 +72,31 @@ def group_runs(runs):
         g["runs"].sort(key=lambda r: r["cfg"].get("seed", 0))
         g["model"] = model_label(g["cfg"])
         g["cell"] = cell_label(g["cfg"])
+    # Labels must tell apart what differs. First the data cell: where runs trained under different settings
+    # (epochs, pool size, ...) share a cell label, the cell names the keys that differ, so no comparison pairs
+    # runs of different settings. Then the model: what still looks alike differs in a model key, named likewise.
+    for same in buckets(groups.values(), lambda g: g["cell"]):
+        keys = differing([setting_dict(g["cfg"]) for g in same])
+        for g in same:
+            g["cell"] += " [" + ", ".join(f"{k}={setting_dict(g['cfg']).get(k)}" for k in keys) + "]" if keys else ""
+    for same in buckets(groups.values(), lambda g: (g["cell"], g["model"])):
+        keys = differing([{k: v for k, v in g["cfg"].items() if k not in NOT_GROUP_KEYS} for g in same])
+        for g in same:
+            g["model"] += " [" + ", ".join(f"{k}={g['cfg'].get(k)}" for k in keys) + "]" if keys else ""
     return list(groups.values())
+
+
+def buckets(items, key):
+    """Lists of the items that share key(item)."""
+    out = {}
+    for item in items:
+        out.setdefault(key(item), []).append(item)
+    return list(out.values())
+
+
+def differing(dicts):
+    """The keys whose values differ between the dicts that have them (absent: not applicable), sorted."""
+    return sorted({k for d in dicts for k in d if len({json.dumps(e[k], sort_keys=True) for e in dicts if k in e}) > 1})
 
 
 def model_label(cfg):
@@ -109,6 +139,8 @@ def fmt(group, key, scale=100, digits=1):
     mean, std, n = metric(group, key)
     if mean is None:
         return "-"
+    if n < 2:
+        return f"{mean * scale:.{digits}f} (n=1)"
     return f"{mean * scale:.{digits}f} ± {std * scale:.{digits}f}"
 
 
@@ -135,7 +167,7 @@ def compare(a, b, key="test_acc", what="test accuracy", lower_is_better=False):
     a_better = ma <= mb if lower_is_better else ma >= mb
     win, lose, mw, ml, sw, sl, nw, nl = (a, b, ma, mb, sa, sb, na, nb) if a_better else (b, a, mb, ma, sb, sa, nb, na)
     gap = 100 * abs(mw - ml)
-    if gap == 0:
+    if round(gap, 1) == 0:
         return f"On {a['cell']}, {a['model']} and {b['model']} tie at {100 * ma:.1f}% {what}."
     text = f"On {a['cell']}, {win['model']} reaches {100 * mw:.1f}% {what} against {100 * ml:.1f}% for {lose['model']}"
     text += f", {gap:.1f} points {'lower' if lower_is_better else 'ahead'}"
@@ -145,6 +177,12 @@ def compare(a, b, key="test_acc", what="test accuracy", lower_is_better=False):
     if gap > spread:
         return text + f"; the gap exceeds the seed-to-seed spread (std {100 * sw:.1f} and {100 * sl:.1f} points, {nw} and {nl} seeds)."
     return text + f"; the gap is within the seed-to-seed spread (std {100 * sw:.1f} and {100 * sl:.1f} points), so they are not separated."
+
+
+def findings(sentences):
+    """The findings paragraph; says so when there was nothing to compare."""
+    sentences = [s for s in sentences if s]
+    return "**Findings.** " + (" ".join(sentences) if sentences else "Only one architecture ran on these cells: nothing to compare yet.")
 
 
 def pairs(groups):
@@ -225,15 +263,31 @@ def crossings(xs, ya, yb):
     found = []
     for i in range(len(xs) - 1):
         d0, d1 = ya[i] - yb[i], ya[i + 1] - yb[i + 1]
-        if d0 == 0:
-            found.append(xs[i])
-        elif d0 * d1 < 0:
+        if d0 * d1 < 0:  # a touch without a change of sign is no crossing
             t = d0 / (d0 - d1)
             found.append(math.exp(math.log(xs[i]) + t * (math.log(xs[i + 1]) - math.log(xs[i]))))
     return found
 
 
 # ----------------------------------------------------------------------------- experiments
+
+# Config keys of the model and its optimiser: what stays the same across one data-efficiency curve is the rest.
+MODEL_KEYS = {"arch", "depth", "dim", "heads", "patch_size", "mlp_ratio", "pool", "attention", "radius", "dropout",
+              "drop_path", "stages", "opt", "lr", "weight_decay", "momentum", "warmup_epochs", "no_amp", "amp"}
+
+
+def setting_dict(cfg):
+    """A run's training setting apart from the model, its budget and the sparse subset (one data-efficiency curve)."""
+    skip = NOT_GROUP_KEYS | MODEL_KEYS | {"regime", "fraction", "per_class", "time_budget"}
+    if cfg.get("time_budget"):
+        skip = skip | {"epochs"}  # only a cap under a time budget
+    return {k: v for k, v in cfg.items() if k not in skip}
+
+
+def setting(cfg):
+    """setting_dict as a hashable string."""
+    return json.dumps(setting_dict(cfg), sort_keys=True)
+
 
 def base(groups):
     """Groups of the two base models with full attention and no time budget."""
@@ -242,51 +296,53 @@ def base(groups):
 
 def section_regimes(groups, out):
     """Test accuracy of ViT and ResNet-18 per regime."""
-    gs = [g for g in base(groups) if g["cfg"]["regime"] in ("standard", "many-classes", "imbalanced", "corrupted")]
+    # The corrupted cell's test accuracy is on clean images; its corrupted accuracy is in "Corruptions".
+    gs = [g for g in base(groups) if g["cfg"]["regime"] in ("standard", "many-classes", "imbalanced")]
     if not gs:
         return None
     text = [table(gs, ACC_COLUMNS), f"![test accuracy per regime]({plot_bars(gs, out, 'regimes', 'Test accuracy per regime (mean ± std over seeds)')})"]
     text += curves(gs, out, "regimes")
-    text.append("**Findings.** " + " ".join(compare(v, r) for v, r in pairs(gs)))
+    text.append(findings(compare(v, r) for v, r in pairs(gs)))
     return "\n\n".join(text)
 
 
 def section_data_efficiency(groups, out):
     """Test accuracy against training-set size for both families, with crossing points."""
     gs = [g for g in base(groups) if g["cfg"]["regime"] in ("sparse", "standard")]
-    lines = {}
+    lines = {}  # (training setting, model) -> [(training images, group)]
     for g in gs:
-        n = g["runs"][0]["cfg"]["sizes"]["train"]
-        lines.setdefault((g["cfg"]["dataset"], g["model"]), []).append((n, g))
-    datasets = sorted({d for d, _ in lines})
+        lines.setdefault((setting(g["cfg"]), g["model"]), []).append((g["runs"][0]["cfg"]["sizes"]["train"], g))
+    settings = sorted({k for k, _ in lines})
     if not any(len(v) > 1 for v in lines.values()):
         return None
-    text, findings = [], []
-    one_seed = any(len(g["runs"]) < 2 for g in gs)
+    text, sentences = [], []
     fig, ax = plt.subplots(figsize=(6, 4))
-    for d in datasets:
+    for i, key in enumerate(settings):
+        name = json.loads(key)["dataset"] + (f" #{i + 1}" if len(settings) > 1 else "")
         by_arch = {}
         for m in BASE_ARCHS:
-            pts = sorted(lines.get((d, m), []), key=lambda p: p[0])
+            pts = sorted(lines.get((key, m), []), key=lambda p: p[0])
             if not pts:
                 continue
             xs = [n for n, _ in pts]
             mean = [100 * metric(g, "test_acc")[0] for _, g in pts]
             std = [100 * metric(g, "test_acc")[1] for _, g in pts]
-            ax.plot(xs, mean, "o-", color=COLORS[m], label=f"{m} ({d})")
+            ax.plot(xs, mean, "o-" if i == 0 else "s--", color=COLORS[m], label=f"{m} ({name})")
             ax.fill_between(xs, [a - s for a, s in zip(mean, std)], [a + s for a, s in zip(mean, std)], color=COLORS[m], alpha=0.2)
-            by_arch[m] = dict(zip(xs, mean))
+            by_arch[m] = {n: g for n, g in pts}
         common = sorted(set(by_arch.get("vit", {})) & set(by_arch.get("resnet18", {})))
-        if common:
-            cross = crossings(common, [by_arch["vit"][x] for x in common], [by_arch["resnet18"][x] for x in common])
-            for x in cross:
-                ax.axvline(x, color="grey", linestyle=":")
-            ahead = lambda x: "vit" if by_arch["vit"][x] > by_arch["resnet18"][x] else "resnet18"
-            findings.append(f"On {d}, {ahead(common[0])} is ahead at the smallest training set ({common[0]:,} images) and "
-                            f"{ahead(common[-1])} at the largest ({common[-1]:,}); " +
-                            (f"the mean curves cross near {', '.join(f'{x:,.0f}' for x in cross)} training images."
-                             if cross else "the mean curves do not cross in the measured range.") +
-                            (" Some points have a single seed, so the crossing may be noise." if one_seed else ""))
+        if not common:
+            continue
+        acc = lambda m: [metric(by_arch[m][n], "test_acc")[0] for n in common]
+        cross = crossings(common, acc("vit"), acc("resnet18"))
+        for x in cross:
+            ax.axvline(x, color="grey", linestyle=":")
+        sentences.append(f"On {name}, at the smallest training set ({common[0]:,} images): "
+                         f"{compare(by_arch['vit'][common[0]], by_arch['resnet18'][common[0]])} At the largest ({common[-1]:,}): "
+                         f"{compare(by_arch['vit'][common[-1]], by_arch['resnet18'][common[-1]])} " +
+                         (f"The mean curves cross near {', '.join(f'{x:,.0f}' for x in cross)} training images (a crossing "
+                          "of means: it is only as firm as the gaps on either side)." if cross else
+                          "The mean curves do not cross in the measured range."))
     ax.set(xscale="log", xlabel="training images (log scale)", ylabel="test accuracy (%)",
            title="Data efficiency (shaded: ± std over seeds; dotted: crossings)")
     sizes = sorted({n for pts in lines.values() for n, _ in pts})
@@ -297,8 +353,7 @@ def section_data_efficiency(groups, out):
         ("train images", lambda g: f"{g['runs'][0]['cfg']['sizes']['train']:,}")]))
     text.append(f"![data efficiency]({save(fig, out, 'data_efficiency')})")
     text += curves(gs, out, "data_efficiency")
-    text.append("**Findings.** " + " ".join(findings) + " Per-size comparisons with their seed spread: " +
-                " ".join(compare(v, r) for v, r in pairs(gs)))
+    text.append(findings(sentences))
     return "\n\n".join(text)
 
 
@@ -309,16 +364,16 @@ def section_shallow(groups, out):
         return None
     cells = {g["cell"] for g in shallow}
     gs = [g for g in groups if g["cell"] in cells and (g in shallow or g["model"] in BASE_ARCHS)]
-    findings = []
+    sentences = []
     for c in sorted(cells):
         get = lambda m: next((g for g in gs if g["cell"] == c and g["model"] == m), None)
         for deep, shal in (("vit", "vit-shallow"), ("resnet18", "resnet18-shallow")):
             if get(deep) and get(shal):
-                findings.append(compare(get(shal), get(deep)))
+                sentences.append(compare(get(shal), get(deep)))
         if get("vit-shallow") and get("resnet18-shallow"):
-            findings.append(compare(get("vit-shallow"), get("resnet18-shallow")))
+            sentences.append(compare(get("vit-shallow"), get("resnet18-shallow")))
     return "\n\n".join([table(gs, ACC_COLUMNS), f"![shallow]({plot_bars(gs, out, 'shallow', 'Shallow vs full depth')})",
-                        *curves(gs, out, "shallow"), "**Findings.** " + " ".join(findings)])
+                        *curves(gs, out, "shallow"), findings(sentences)])
 
 
 def section_locality(groups, out):
@@ -329,7 +384,7 @@ def section_locality(groups, out):
         return None
     gs = [g for g in gs if g["cell"] in local_cells]
     fig, ax = plt.subplots(figsize=(6, 4))
-    findings = []
+    sentences = []
     for i, c in enumerate(sorted(local_cells)):
         cg = [g for g in gs if g["cell"] == c]
         grid = cg[0]["cfg"]["image_size"] // cg[0]["cfg"]["patch_size"]
@@ -338,22 +393,14 @@ def section_locality(groups, out):
         mean = [100 * metric(g, "test_acc")[0] for g in cg]
         std = [100 * metric(g, "test_acc")[1] for g in cg]
         ax.errorbar([radius(g) for g in cg], mean, yerr=std, marker="o", capsize=3, label=c, color=f"C{i}")
-        top = max(metric(g, "test_acc")[0] for g in cg)
-        leaders = [g for g in cg if metric(g, "test_acc")[0] == top]
-        full = next((g for g in cg if g["model"] == "vit"), None)
-        if len(leaders) > 1:
-            findings.append(f"On {c} the highest mean test accuracy, {100 * top:.1f}%, is shared by "
-                            f"{', '.join(g['model'] for g in leaders)}.")
-        else:
-            best = leaders[0]
-            findings.append(f"On {c} the highest mean test accuracy is {best['model']}'s ({fmt(best, 'test_acc')}%)" +
-                            (f"; against full attention: {compare(best, full)}" if full and full is not best else "."))
+        ranked = sorted(cg, key=lambda g: -metric(g, "test_acc")[0])
+        sentences.append(f"On {c}, by mean test accuracy: " + ", ".join(f"{g['model']} {fmt(g, 'test_acc')}" for g in ranked) +
+                         "." + (" Top two: " + compare(ranked[0], ranked[1]) if len(ranked) > 1 else ""))
     ax.set(xlabel=f"attention radius (patches; {grid - 1} = whole grid = full attention)", ylabel="test accuracy (%)",
            title="ViT accuracy against attention locality")
     ax.legend(fontsize=8)
     return "\n\n".join([table(sorted(gs, key=lambda g: (g["cell"], g["model"])), ACC_COLUMNS),
-                        f"![locality]({save(fig, out, 'locality')})", *curves(gs, out, "locality"),
-                        "**Findings.** " + " ".join(findings)])
+                        f"![locality]({save(fig, out, 'locality')})", *curves(gs, out, "locality"), findings(sentences)])
 
 
 def section_imbalanced(groups, out):
@@ -372,7 +419,7 @@ def section_imbalanced(groups, out):
     ax.legend(fontsize=7)
     return "\n\n".join([table(gs, ACC_COLUMNS[:3]), f"![recall]({save(fig, out, 'imbalanced_recall')})",
                         f"![macro-F1]({plot_bars(gs, out, 'imbalanced_macro_f1', 'Macro-F1 under long-tailed training', 'macro_f1', 'macro-F1 (%)')})",
-                        "**Findings.** " + " ".join(compare(v, r, "macro_f1", "macro-F1") for v, r in pairs(gs))])
+                        findings(compare(v, r, "macro_f1", "macro-F1") for v, r in pairs(gs))])
 
 
 def section_corruption(groups, out):
@@ -381,6 +428,8 @@ def section_corruption(groups, out):
     if not gs:
         return None
     names = sorted(set.intersection(*(set(r["final"]["corruption"]) for g in gs for r in g["runs"])))
+    if not names:
+        return "The corrupted runs share no corruption, so there is no common plot; see each run's final.json."
     cols = 4
     panels = len(names) + 2  # one per corruption, their mean, and the relative drop from clean accuracy
     fig, axes = plt.subplots(math.ceil(panels / cols), cols, figsize=(3 * cols, 2.6 * math.ceil(panels / cols)), squeeze=False)
@@ -404,7 +453,7 @@ def section_corruption(groups, out):
     path = save(fig, out, "corruption")
     columns = [("clean %", lambda g: fmt(g, "test_acc")), ("corrupted mean %", lambda g: fmt(g, "corruption_mean")),
                ("relative drop %", lambda g: fmt(g, "corruption_relative_drop"))]
-    return "\n\n".join([table(gs, columns), f"![corruption]({path})", "**Findings.** " + " ".join(
+    return "\n\n".join([table(gs, columns), f"![corruption]({path})", *curves(gs, out, "corruption"), findings(
         compare(v, r, "corruption_mean", "mean corrupted accuracy") + " " +
         compare(v, r, "corruption_relative_drop", "relative drop from clean accuracy", lower_is_better=True)
         for v, r in pairs(gs))])
@@ -414,20 +463,21 @@ def section_matched(groups, out):
     """Equal parameter counts (vit-11m vs resnet18) and equal wall-clock training time."""
     text = []
     params = [g for g in groups if g["model"] in ("vit-11m", "resnet18", "vit") and g["cfg"]["regime"] == "standard"]
-    if any(g["model"] == "vit-11m" for g in params):
+    cells = sorted({g["cell"] for g in params if g["model"] == "vit-11m"})
+    params = [g for g in params if g["cell"] in cells]
+    if params:
         text.append("Equal parameter counts:\n\n" + table(params, ACC_COLUMNS))
-        m = {g["model"]: g for g in params}
-        if "resnet18" in m:
-            text.append("**Findings (parameters).** " + compare(m["vit-11m"], m["resnet18"]))
+        text += curves(params, out, "matched_params")
+        get = lambda c, m: next((g for g in params if g["cell"] == c and g["model"] == m), None)
+        text.append(findings(compare(get(c, "vit-11m"), get(c, "resnet18")) for c in cells if get(c, "resnet18")))
     timed = [g for g in groups if g["cfg"].get("time_budget")]
     if timed:
         text.append("Equal wall-clock training time (training steps only):\n\n" + table(timed, ACC_COLUMNS[:1] + [
             ("budget s", lambda g: f"{g['cfg']['time_budget']:g}"), ("epochs run", lambda g: fmt(g, "epochs", 1, 1))]))
-        vit = [g for g in timed if g["cfg"]["arch"] == "vit"]
-        res = [g for g in timed if g["cfg"]["arch"] == "resnet18"]
         text += curves(timed, out, "matched_time")
-        text.append("**Findings (time).** " + " ".join(compare(v, r) for v in vit for r in res
-                                                         if v["cfg"]["time_budget"] == r["cfg"]["time_budget"]))
+        same = lambda v, r: v["cell"] == r["cell"] and v["cfg"]["time_budget"] == r["cfg"]["time_budget"]
+        text.append(findings(compare(v, r) for v in timed if v["cfg"]["arch"] == "vit"
+                             for r in timed if r["cfg"]["arch"] == "resnet18" and same(v, r)))
     return "\n\n".join(text) or None
 
 
@@ -436,13 +486,13 @@ def section_cost(groups, out):
     fig, axes = plt.subplots(1, 3, figsize=(13, 4))
     for ax, (key, label, scale) in zip(axes, (("params", "parameters", 1), ("flops_per_image", "forward FLOPs per image", 1),
                                               ("train_time_s", "training time, s", 1))):
-        pts = [(metric(g, key)[0] * scale, 100 * metric(g, "test_acc")[0], g) for g in groups]
+        pts = [(metric(g, key)[0] * scale, 100 * metric(g, "test_acc")[0], g) for g in groups if g["cfg"]["regime"] == "standard"]
         for x, y, g in pts:
             ax.scatter(x, y, color=family_color(g["cfg"]["arch"]), s=18)
         front = [p for p in pts if not any(q[0] <= p[0] and q[1] > p[1] or q[0] < p[0] and q[1] >= p[1] for q in pts)]
         front.sort(key=lambda p: p[0])
         ax.plot([p[0] for p in front], [p[1] for p in front], "k--", lw=1, label="Pareto front")
-        ax.set(xscale="log", xlabel=f"{label} (log scale)", ylabel="test accuracy (%)", title=f"Accuracy vs {label}")
+        ax.set(xscale="log", xlabel=f"{label} (log scale)", ylabel="test accuracy (%)", title=f"Accuracy vs {label} (standard data)")
         ax.legend(fontsize=8, handles=[plt.Line2D([], [], color=c, marker="o", ls="", label=f"{a} variants") for a, c in COLORS.items()] +
                   [plt.Line2D([], [], color="k", ls="--", label="Pareto front")])
     columns = [("test acc %", ACC_COLUMNS[0][1]), ("params", ACC_COLUMNS[4][1]),
@@ -454,7 +504,7 @@ def section_cost(groups, out):
 
 def section_convergence(groups, out):
     """Epochs and seconds until validation accuracy first reached each threshold."""
-    thresholds = groups[0]["cfg"]["thresholds"]
+    thresholds = sorted({t for g in groups for t in g["cfg"].get("thresholds", [])})
     reached = lambda g, field, t: stats([r["final"][field].get(str(t)) for r in g["runs"]])
 
     def cell(field, t):
@@ -462,7 +512,8 @@ def section_convergence(groups, out):
             mean, std, n = reached(g, field, t)
             return "-" if mean is None else f"{mean:.0f} ± {std:.0f}" + ("" if n == len(g["runs"]) else f" ({n}/{len(g['runs'])})")
         return text
-    text = ["Epochs to threshold (mean ± std over the seeds that reached it; '-': none did):\n\n" +
+    text = ["Epochs to threshold (mean ± std over the seeds that reached it; '-': none reached it, or the run had no "
+            "validation set):\n\n" +
             table(groups, [(f"{100 * t:g}%", cell("epochs_to", t)) for t in thresholds]),
             "Seconds to threshold:\n\n" + table(groups, [(f"{100 * t:g}%", cell("seconds_to", t)) for t in thresholds])]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
@@ -481,7 +532,8 @@ def section_convergence(groups, out):
         if ax.lines:
             ax.legend(fontsize=8)
         else:
-            ax.text(0.5, 0.5, "no standard run reached a threshold", ha="center", transform=ax.transAxes)
+            ax.text(0.5, 0.5, "no standard run reached a threshold (or none had a validation set)", ha="center",
+                    transform=ax.transAxes)
     text.append(f"![convergence]({save(fig, out, 'convergence')})")
     return "\n\n".join(text)
 
@@ -514,7 +566,6 @@ def write_report(roots, out):
 
 def main(argv=None):
     """Command line: analyze.py RUNS_DIR [...] [--out DIR]."""
-    from train import Parser
     p = Parser(prog="analyze.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", nargs="+", help="folders to search for run folders")
     p.add_argument("--out", default=None, help="where report.md and plots/ go (default: the first runs folder)")

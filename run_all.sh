@@ -3,7 +3,7 @@
 # same data (same seed, same subset). Finished runs are skipped and interrupted ones resumed, so running it
 # again after a crash only does what is missing. Then: python analyze.py RUNS_DIR
 set -uo pipefail
-cd "$(dirname "$0")"
+set -f  # no file-name globbing: every word here is meant literally
 
 EXPERIMENTS="regimes data-efficiency shallow locality matched-params matched-time"
 profile=full seeds="" gpus=0 dry_run=0 only="" runs="" data_dir=data time_budget=""
@@ -42,15 +42,28 @@ while [ $# -gt 0 ]; do
     esac
 done
 
+# Paths given on the command line are relative to where the user is; defaults are relative to the repository.
+[ -n "$runs" ] && runs=$(realpath -m "$runs")
+[ "$data_dir" != data ] && data_dir=$(realpath -m "$data_dir")
+cd "$(dirname "$0")" || exit 2
+
 case "$profile" in full|quick) ;; *) die "--profile '$profile' is not one of full, quick" ;; esac
+[ -z "$time_budget" ] || [[ "$time_budget" =~ ^[0-9]+([.][0-9]+)?$ ]] || die "--time-budget '$time_budget' is not a number of seconds"
 [[ "$gpus" =~ ^[0-9]+$ ]] || die "--gpus '$gpus' is not a whole number"
 [ -z "$seeds" ] && { [ "$profile" = full ] && seeds=0,1,2 || seeds=0; }
 [[ "$seeds" =~ ^[0-9]+(,[0-9]+)*$ ]] || die "--seeds '$seeds' is not a comma-separated list of whole numbers"
+seeds=$(for s in ${seeds//,/ }; do echo $((10#$s)); done | awk '!seen[$0]++' | paste -sd,)  # 00 is seed 0, once
 only=${only:-${EXPERIMENTS// /,}}
+[ -n "${only//,/}" ] || die "--only '$only' names no experiment; choose from ${EXPERIMENTS// /, }"
 for e in ${only//,/ }; do
     [[ " $EXPERIMENTS " == *" $e "* ]] || die "unknown experiment '$e'; choose from ${EXPERIMENTS// /, }"
 done
 runs=${runs:-runs/$profile}
+# Run names do not carry the profile: one runs folder holds one profile, or finished quick runs would pass as full.
+if [ -f "$runs/PROFILE" ] && [ "$(cat "$runs/PROFILE")" != "$profile" ]; then
+    die "$runs holds --profile $(cat "$runs/PROFILE") runs; use another --runs folder for --profile $profile"
+fi
+if [ "$dry_run" = 0 ]; then mkdir -p "$runs" && echo "$profile" > "$runs/PROFILE"; fi
 
 # ---------------------------------------------------------------- profile settings
 if [ "$profile" = full ]; then
@@ -172,7 +185,8 @@ fi
 echo "run_all.sh: $finished runs finished now, $done_before were already done, ${#failed[@]} failed"
 if [ ${#failed[@]} -gt 0 ]; then
     printf '  failed: %s\n' "${failed[@]}"
-    echo "  re-run the same command to retry them (finished runs are skipped)"
+    echo "  re-run the same command to retry them (finished runs are skipped; keep the same --gpus: a run resumes"
+    echo "  only with the number of processes it started with)"
     exit 1
 fi
 echo "next: python analyze.py $runs"

@@ -77,14 +77,32 @@ def test_data_efficiency_marks_where_the_curves_cross(tmp_path):
         fake_run(tmp_path, f"resnet18-{n}", 0, res, arch="resnet18", train_size=n, **regime)
     report, _, _ = analyze.write_report([str(tmp_path)], str(tmp_path / "out"))
     # Differences -5 then +10 points: the crossing is a third of the way from 1,000 to 10,000 in log x.
-    assert ("resnet18 is ahead at the smallest training set (100 images) and vit at the largest (10,000); "
-            "the mean curves cross near 2,154 training images") in report
+    assert ("On cifar10, at the smallest training set (100 images): On standard (cifar10), resnet18 reaches 40.0% "
+            "test accuracy against 30.0% for vit") not in report  # the smallest set is sparse, not standard
+    assert "On cifar10, at the smallest training set (100 images): On sparse 1% (cifar10), resnet18 reaches 40.0%" in report
+    assert "At the largest (10,000): On standard (cifar10), vit reaches 80.0% test accuracy against 70.0% for resnet18" in report
+    assert "The mean curves cross near 2,154 training images (a crossing of means" in report
     assert os.path.exists(tmp_path / "out" / "plots" / "data_efficiency.png")
 
 
 def test_crossings_interpolate_in_log_x():
     assert analyze.crossings([10, 1000], [0, 2], [1, 1]) == [pytest.approx(100)]
     assert analyze.crossings([1, 10, 100], [1, 2, 3], [0, 0, 0]) == []
+    assert analyze.crossings([1, 10, 100], [1, 0, 1], [0, 0, 0]) == []  # touching is not crossing
+
+
+def test_groups_that_look_alike_are_told_apart_and_never_paired_across_settings(tmp_path):
+    fake_run(tmp_path, "vit-quick", 0, 0.3, epochs=3)
+    fake_run(tmp_path, "resnet18-full", 0, 0.9, arch="resnet18", epochs=200)
+    fake_run(tmp_path, "vit-2proc", 1, 0.5, epochs=3, world_size=2)  # a torchrun seed of the quick ViT
+    report, _, _ = analyze.write_report([str(tmp_path)], str(tmp_path / "out"))
+    assert "| vit | standard (cifar10) [epochs=3] | 2 | 40.0 ± 14.1 |" in report  # one group of two seeds
+    assert "resnet18 reaches 90.0%" not in report  # a 3-epoch ViT is never compared with a 200-epoch ResNet
+    assert "Only one architecture ran on these cells: nothing to compare yet." in report
+    fake_run(tmp_path, "vit-full", 0, 0.8, epochs=200)
+    report, _, _ = analyze.write_report([str(tmp_path)], str(tmp_path / "out"))
+    assert "| vit | standard (cifar10) [epochs=3] | 2 |" in report and "| vit | standard (cifar10) [epochs=200] | 1 |" in report
+    assert "On standard (cifar10) [epochs=200], resnet18 reaches 90.0% test accuracy against 80.0% for vit" in report
 
 
 def test_locality_imbalance_corruption_and_time_sections(tmp_path):
@@ -102,11 +120,15 @@ def test_locality_imbalance_corruption_and_time_sections(tmp_path):
     fake_run(tmp_path, "vit-t20", 0, 0.5, time_budget=20.0)
     fake_run(tmp_path, "resnet18-t20", 0, 0.55, arch="resnet18", time_budget=20.0)
     report, _, _ = analyze.write_report([str(tmp_path)], str(tmp_path / "out"))
-    assert "the highest mean test accuracy is vit local r=2's (65.0 ± 0.0%); against full attention: " in report
+    assert ("On standard (cifar10), by mean test accuracy: vit local r=2 65.0 (n=1), vit 62.0 (n=1), vit local r=1 60.0 (n=1). "
+            "Top two: On standard (cifar10), vit local r=2 reaches 65.0% test accuracy against 62.0% for vit") in report
     fake_run(tmp_path, "vit-local3", 0, 0.65, attention="local", radius=3)
     report, _, _ = analyze.write_report([str(tmp_path)], str(tmp_path / "out"))
-    assert "the highest mean test accuracy, 65.0%, is shared by vit local r=2, vit local r=3." in report
-    assert "| vit 20s | standard (cifar10) | 1 | 50.0 ± 0.0 | 20 | 2.0 ± 0.0 |" in report
+    assert "Top two: On standard (cifar10), vit local r=2 and vit local r=3 tie at 65.0% test accuracy." in report
+    assert "| vit 20s | standard (cifar10) | 1 | 50.0 (n=1) | 20 | 2.0 (n=1) |" in report
+    # The regimes section leaves the corrupted cell (clean accuracy) to the Corruptions section.
+    regimes = report.split("## Regimes")[1].split("## Data efficiency")[0]
+    assert "corrupted (cifar10)" not in regimes and "| vit | standard (cifar10) | 1 |" in regimes
     assert os.path.exists(tmp_path / "out" / "plots" / "locality.png")
     # Relative drop: lower is better, so the ViT (25.0% drop) is better than the ResNet (33.3%).
     assert "vit reaches 25.0% relative drop from clean accuracy against 33.3% for resnet18, 8.3 points lower" in report
@@ -172,12 +194,20 @@ def test_finished_runs_are_skipped_and_interrupted_ones_resumed(tmp_path):
     assert cmds[2].startswith("python3 train.py --arch vit-11m --depth 2 --dim 192 --heads 4 --mlp-ratio 2 ") and len(cmds) == 3
 
 
+def test_one_runs_folder_holds_one_profile(tmp_path):
+    (tmp_path / "PROFILE").write_text("quick\n")
+    proc = run_all("--runs", str(tmp_path), "--only", "matched-params")
+    assert proc.returncode == 2 and f"{tmp_path} holds --profile quick runs; use another --runs folder" in proc.stderr
+
+
 @pytest.mark.parametrize("args,message", [
     (["--profile", "huge"], "--profile 'huge' is not one of full, quick"),
     (["--only", "regimes,foo"], "unknown experiment 'foo'; choose from regimes, data-efficiency"),
     (["--seeds", "0,a"], "--seeds '0,a' is not a comma-separated list of whole numbers"),
     (["--gpus"], "--gpus needs a value"),
     (["--frobnicate"], "unknown argument '--frobnicate'"),
+    (["--only", ","], "--only ',' names no experiment"),
+    (["--time-budget", "abc"], "--time-budget 'abc' is not a number of seconds"),
 ])
 def test_run_all_bad_arguments_exit_2(args, message):
     proc = run_all(*args)
