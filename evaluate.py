@@ -9,6 +9,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from data import corrupt, normalize
+from model import count_params
 
 
 def autocast(device, amp):
@@ -114,7 +115,7 @@ def final_metrics(model, data, cfg, device, amp, history=None):
     image_size = data["x_test"].shape[-1]
     logits = predict(model, data["x_test"], data["mean"], data["std"], device, amp)
     out = classification_metrics(logits, data["y_test"], data["num_classes"])
-    out["params"] = sum(p.numel() for p in model.parameters())
+    out["params"] = count_params(model)
     out["flops_per_image"] = count_flops(model, image_size, device)
     out.update(measure_speed(model, image_size, device, amp))
     history = history or []

@@ -209,21 +209,22 @@ def default_out(args):
     return f"runs/{arch}-{regime}-{args.dataset}-s{args.seed}"
 
 
-def write_json(path, obj):
-    """Write JSON atomically: a temp file in the same folder, then rename over the target."""
+def write_atomic(path, text):
+    """Write text to a temp file in the same folder, then rename it over path: never a truncated file."""
     tmp = f"{path}.tmp{os.getpid()}"
     with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
-        f.write("\n")
+        f.write(text)
     os.replace(tmp, path)
+
+
+def write_json(path, obj):
+    """Write JSON atomically."""
+    write_atomic(path, json.dumps(obj, indent=1) + "\n")
 
 
 def write_jsonl(path, rows):
     """Rewrite a JSON-lines file atomically (it is small: one line per epoch)."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in rows)
-    os.replace(tmp, path)
+    write_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
 def git_commit():
