@@ -382,7 +382,7 @@ def _jpeg(x_uint8, quality):
         return torch.stack(decode_jpeg(encoded)).to(x_uint8.device)
 
 
-CORRUPTIONS = {  # name -> (severity parameters 1..5, fn(float images in [0, 1], parameter, generator))
+CORRUPTIONS = {  # name -> (severity parameters 1..5, fn(images, parameter, generator)): float in [0, 1], uint8 for UINT8_CORRUPTIONS
     "gaussian_noise": ([0.04, 0.06, 0.08, 0.09, 0.10],
                        lambda x, c, g: x + c * torch.randn(x.shape, generator=g).to(x)),
     "shot_noise": ([500, 250, 100, 75, 50],
@@ -399,10 +399,10 @@ CORRUPTIONS = {  # name -> (severity parameters 1..5, fn(float images in [0, 1],
     "brightness": ([0.05, 0.1, 0.15, 0.2, 0.3], lambda x, c, g: _brightness(x, c)),
     "saturate": ([(0.3, 0), (0.1, 0), (1.5, 0), (2, 0.1), (2.5, 0.2)],
                  lambda x, c, g: _scale_saturation(x, *c)),
-    "pixelate": ([0.95, 0.9, 0.85, 0.75, 0.65], None),  # None: works on uint8, see UINT8_CORRUPTIONS
-    "jpeg_compression": ([80, 65, 58, 50, 40], None),
+    "pixelate": ([0.95, 0.9, 0.85, 0.75, 0.65], lambda x, c, g: _pixelate(x, c)),
+    "jpeg_compression": ([80, 65, 58, 50, 40], lambda x, c, g: _jpeg(x, c)),
 }
-UINT8_CORRUPTIONS = {"pixelate": _pixelate, "jpeg_compression": _jpeg}  # PIL works on uint8 images too
+UINT8_CORRUPTIONS = {"pixelate", "jpeg_compression"}  # these take and return uint8, as PIL does
 
 
 def _salt_pepper(x, amount, g):
@@ -422,8 +422,8 @@ def corrupt(images, name, severity, seed=0):
     c = params[severity - 1]
     if len(images) == 0:
         return images.clone()
-    if fn is None:
-        return UINT8_CORRUPTIONS[name](images, c)
+    if name in UINT8_CORRUPTIONS:
+        return fn(images, c, None)
     # Each corruption and severity draws its own noise; the same for every model evaluated with this seed.
     g = torch.Generator().manual_seed(seed * 1000003 + list(CORRUPTIONS).index(name) * 101 + severity)
     out = fn(images.float() / 255, c, g)
