@@ -1,45 +1,281 @@
-"""Multi-head self-attention for the ViT: full, or local (masked to nearby patches on the grid)."""
+"""Multi-head self-attention for the ViT, every variant behind one module: `Attention(dim, heads, kind, ...)`.
+
+Every kind computes q, k, v with one linear layer and ends with one output projection; only the step in
+between differs. What the cls token (index 0, when present) attends to, per kind:
+  full       every token (scaled_dot_product_attention)
+  local      every token; every patch attends to it (global token). Patches: a window of `radius` on the grid
+  dilated    as local; patches: the atrous window, offsets dilation * (i, j) with |i|, |j| <= radius
+  hybrid     as local in each branch; branches (windows at several dilations) mixed per token by a softmax gate
+  linformer  itself, exactly, plus the k learned projections of the patch keys and values (as every token does)
+  performer  every token, through the random-feature estimate of the softmax kernel (an ordinary token)
+  nystrom    every token, through the landmark (segment-mean) approximation (an ordinary token)
+  lsa        every token except itself: the diagonal is masked for all tokens, and a learned temperature per head
+"""
+import functools
+import math
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-ATTENTIONS = ["full", "local"]
+try:
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+except ImportError:  # older torch: only the portable SDPA path
+    create_block_mask = flex_attention = None
+
+ATTENTIONS = ["full", "local", "dilated", "hybrid", "linformer", "performer", "nystrom", "lsa"]
+WINDOWED = {"local", "dilated", "hybrid"}  # kinds made of grid masks, run by flex_attention on CUDA
+LINFORMER_SHARING = ["none", "heads", "kv", "layers"]
 
 
-def local_attention_mask(grid_h, grid_w, radius, cls_token=True):
-    """Boolean (T, T) mask, True where query token i may attend to key token j.
+# ----------------------------------------------------------------------------- grid windows (local, dilated, hybrid)
 
-    Patch p attends to patch q when their Chebyshev distance on the grid, max(|dr|, |dc|), is at most
-    `radius`. The cls token (index 0 when present) is global: it attends to every token and every token
-    attends to it, as in Longformer's global tokens. So a radius covering the grid equals full attention,
-    and with a cls token information can still cross the grid through it; use mean pooling
-    (no cls token) for patch features that are strictly local (receptive field grows by `radius` per layer).
+def window_rule(grid_w, radius, dilation=1, shape="square", cls_token=True):
+    """f(query_index, key_index) -> bool tensor, True where the query token may attend to the key token.
+
+    Patches (row-major on a grid `grid_w` wide) see each other when their row and column offsets are both
+    multiples of `dilation` and, counted in dilated steps, within `radius`: Chebyshev (square) or Euclidean
+    (circle) distance. The cls token sees and is seen by everything. One rule serves the dense boolean mask
+    and flex_attention's mask_mod, so the two paths cannot disagree.
     """
-    rows = torch.arange(grid_h).repeat_interleave(grid_w)
-    cols = torch.arange(grid_w).repeat(grid_h)
-    dist = torch.maximum((rows[:, None] - rows[None, :]).abs(), (cols[:, None] - cols[None, :]).abs())
-    mask = dist <= radius
-    if cls_token:
-        mask = F.pad(mask, (1, 0, 1, 0), value=True)
-    return mask
+    c = int(cls_token)
+    reach = radius * dilation
+
+    def allowed(q, k):
+        dr = ((q - c) // grid_w - (k - c) // grid_w).abs()
+        dc = ((q - c) % grid_w - (k - c) % grid_w).abs()
+        near = torch.maximum(dr, dc) <= reach if shape == "square" else dr * dr + dc * dc <= reach * reach
+        ok = near & (dr % dilation == 0) & (dc % dilation == 0)
+        return ok | (q < c) | (k < c) if c else ok
+    return allowed
+
+
+@functools.lru_cache(maxsize=64)
+def local_attention_mask(grid_h, grid_w, radius, cls_token=True, shape="square", dilation=1, device="cpu"):
+    """Boolean (T, T) mask of window_rule: True where query token i may attend to key token j (cached, shared by layers).
+
+    With a cls token a radius covering the grid equals full attention, and information can still cross the
+    grid through the cls token; use mean pooling (no cls token) for strictly local patch features.
+    """
+    i = torch.arange(grid_h * grid_w + int(cls_token), device=device)
+    return window_rule(grid_w, radius, dilation, shape, cls_token)(i[:, None], i[None, :])
+
+
+@functools.lru_cache(maxsize=64)
+def flex_block_mask(grid_h, grid_w, radius, cls_token, shape, dilation, device):
+    """flex_attention's BlockMask for the same window: only blocks with an allowed pair are computed (cached)."""
+    rule = window_rule(grid_w, radius, dilation, shape, cls_token)
+    n = grid_h * grid_w + int(cls_token)
+    return create_block_mask(lambda b, h, q, k: rule(q, k), None, None, n, n, device=device)
+
+
+@functools.lru_cache(maxsize=1)
+def compiled_flex_attention():
+    """flex_attention compiled once: uncompiled it materialises the scores and is slow."""
+    return torch.compile(flex_attention, dynamic=False)
+
+
+# ----------------------------------------------------------------------------- performer (FAVOR+)
+
+def orthogonal_features(m, d, seed):
+    """(m, d) random features: rows orthogonal within each block of d, with the lengths of Gaussian vectors."""
+    g = torch.Generator().manual_seed(seed)
+    blocks = [torch.linalg.qr(torch.randn(d, d, generator=g))[0].T for _ in range(-(-m // d))]
+    return torch.cat(blocks)[:m] * torch.randn(m, d, generator=g).norm(dim=1, keepdim=True)
+
+
+def positive_features(x, w, is_query):
+    """phi(x) = exp(w x - |x|^2 / 2) / sqrt(m) on x scaled by d^-1/4, so phi(q) . phi(k) estimates exp(q . k / sqrt(d)).
+
+    A maximum is subtracted inside exp against overflow: per query row (it cancels in that row's normaliser),
+    and over all keys of a head (a common factor that cancels too).
+    """
+    x = x * x.shape[-1] ** -0.25
+    proj = x @ w.T
+    stabiliser = proj.amax(-1, keepdim=True) if is_query else proj.amax((-2, -1), keepdim=True)
+    return (torch.exp(proj - (x * x).sum(-1, keepdim=True) / 2 - stabiliser.detach()) + 1e-6) / math.sqrt(w.shape[0])
+
+
+def performer_attention(q, k, v, w):
+    """FAVOR+ estimate of softmax attention, linear in the sequence length: phi(Q) (phi(K)^T V) / phi(Q) phi(K)^T 1."""
+    qf, kf = positive_features(q, w, True), positive_features(k, w, False)
+    return (qf @ (kf.transpose(-2, -1) @ v)) / (qf @ kf.sum(-2).unsqueeze(-1))
+
+
+# ----------------------------------------------------------------------------- nystromformer
+
+def segment_means(n, m, device=None):
+    """(m, n) matrix averaging n tokens over m contiguous segments whose sizes differ by at most one."""
+    segment = torch.arange(n, device=device) * m // n
+    a = F.one_hot(segment, m).T.float()
+    return a / a.sum(1, keepdim=True)
+
+
+def iterative_pinv(a, iters=6):
+    """Moore-Penrose pseudo-inverse by the cubic iteration of Razavi et al., started per matrix at A^T / (|A|_1 |A|_inf)."""
+    col = a.abs().sum(-2).amax(-1)  # largest column sum of each matrix, not of the whole batch
+    row = a.abs().sum(-1).amax(-1)
+    z = a.transpose(-2, -1) / (col * row)[..., None, None]
+    eye = torch.eye(a.shape[-1], device=a.device, dtype=a.dtype)
+    for _ in range(iters):
+        az = a @ z
+        z = 0.25 * z @ (13 * eye - az @ (15 * eye - az @ (7 * eye - az)))
+    return z
+
+
+def nystrom_attention(q, k, v, landmarks, pinv_iters=6):
+    """Nystromformer: softmax(Q Kl^T) pinv(softmax(Ql Kl^T)) softmax(Ql K^T) V with segment-mean landmarks Ql, Kl."""
+    q = q * q.shape[-1] ** -0.5
+    means = segment_means(q.shape[-2], min(landmarks, q.shape[-2]), q.device).to(q.dtype)
+    ql, kl = means @ q, means @ k
+    f = (q @ kl.transpose(-2, -1)).softmax(-1)
+    a = (ql @ kl.transpose(-2, -1)).softmax(-1)
+    b = (ql @ k.transpose(-2, -1)).softmax(-1)
+    return f @ (iterative_pinv(a, pinv_iters) @ (b @ v))
+
+
+# ----------------------------------------------------------------------------- the module
+
+def at_least_fp32(x):
+    """x in float32, or float64 if it already is (bf16 / fp16 under autocast would break exp and the pseudo-inverse)."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention through scaled_dot_product_attention, with an optional fixed boolean mask."""
+    """Multi-head self-attention of any kind in ATTENTIONS, on a ViT's tokens (cls first when cls_token).
 
-    def __init__(self, dim, heads, mask=None, dropout=0.0):
+    grid: (rows, cols) of patches; the sequence is rows * cols patches plus the cls token.
+    radius, dilation, dilations, window_shape: local / dilated / hybrid windows. linformer_k, linformer_share,
+    shared_projection (for sharing across layers): linformer. performer_features, redraw_interval: performer.
+    landmarks, pinv_iters, nystrom_conv (depthwise kernel on values, 0 = off): nystrom.
+    backend: "sdpa" (dense boolean masks, runs anywhere) or "flex" (flex_attention block masks, CUDA).
+    """
+
+    def __init__(self, dim, heads, kind="full", grid=(8, 8), cls_token=True, radius=1, dilation=2, dilations=(1, 2, 4),
+                 window_shape="square", linformer_k=64, linformer_share="heads", shared_projection=None,
+                 performer_features=None, redraw_interval=1000, landmarks=16, pinv_iters=6, nystrom_conv=33,
+                 backend="sdpa"):
         super().__init__()
         if dim % heads:
             raise ValueError(f"width {dim} is not divisible by {heads} heads")
-        self.heads = heads
+        if kind not in ATTENTIONS:
+            raise ValueError(f"unknown attention '{kind}'; choose from {', '.join(ATTENTIONS)}")
+        self.kind, self.heads, self.grid, self.cls_token, self.backend = kind, heads, tuple(grid), cls_token, backend
+        head_dim = dim // heads
+        n_patches = grid[0] * grid[1]
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
-        self.dropout = dropout
-        self.register_buffer("mask", mask, persistent=False)
+        if kind in WINDOWED:
+            d = {"local": [1], "dilated": [dilation], "hybrid": list(dilations)}[kind]
+            self.windows = [(radius, window_shape, di) for di in d]
+        if kind == "hybrid":
+            self.gate = nn.Linear(dim, len(self.windows))  # per token, a softmax over the branches
+        if kind == "linformer":
+            if linformer_k > n_patches:
+                raise ValueError(f"linformer k {linformer_k} exceeds the {n_patches} patch tokens; choose k <= {n_patches}")
+            self.n_patches, self.linformer_share = n_patches, linformer_share
+            shape = (heads, linformer_k, n_patches) if linformer_share == "none" else (linformer_k, n_patches)
+            init = lambda: nn.Parameter(torch.randn(shape) / math.sqrt(n_patches))  # keeps keys' scale
+            if linformer_share == "layers":
+                self.proj_k = shared_projection  # the same Parameter in every layer, for keys and values
+            else:
+                self.proj_k = init()
+                self.proj_v = self.proj_k if linformer_share == "kv" else init()
+        if kind == "performer":
+            m = performer_features or max(1, round(head_dim * math.log(head_dim)))
+            self.redraw_interval = redraw_interval
+            # Buffers, so the features in use are saved in the checkpoint and evaluation is deterministic.
+            self.register_buffer("feature_seed", torch.randint(0, 2 ** 31 - 1, ()))  # drawn from the model seed
+            self.register_buffer("train_calls", torch.zeros((), dtype=torch.long))
+            self.register_buffer("features", orthogonal_features(m, head_dim, int(self.feature_seed) * 1000003))
+        if kind == "nystrom":
+            if landmarks > n_patches + cls_token:
+                raise ValueError(f"{landmarks} landmarks exceed the {n_patches + cls_token} tokens")
+            self.landmarks, self.pinv_iters = landmarks, pinv_iters
+            self.value_conv = None
+            if nystrom_conv:  # depthwise over the sequence, one kernel per head, as in the paper
+                self.value_conv = nn.Conv2d(heads, heads, (nystrom_conv, 1), padding=(nystrom_conv // 2, 0),
+                                            groups=heads, bias=False)
+        if kind == "lsa":
+            self.temperature = nn.Parameter(torch.full((heads,), head_dim ** -0.5))
+
+    def windowed(self, q, k, v, window):
+        """Attention restricted to one grid window: flex block mask on the flex backend, else a dense boolean mask."""
+        radius, shape, dilation = window
+        h, w = self.grid
+        if self.backend == "flex":
+            block_mask = flex_block_mask(h, w, radius, self.cls_token, shape, dilation, q.device)
+            return compiled_flex_attention()(q, k, v, block_mask=block_mask)
+        mask = local_attention_mask(h, w, radius, self.cls_token, shape, dilation, q.device)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+    def redraw_features(self):
+        """Performer: new random features for this many training calls; the same on every process (seeded)."""
+        draw = int(self.train_calls) // self.redraw_interval
+        w = orthogonal_features(*self.features.shape, int(self.feature_seed) * 1000003 + draw)
+        self.features.copy_(w)
 
     def forward(self, x):
         B, T, D = x.shape
-        q, k, v = self.qkv(x).view(B, T, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=self.mask,
-                                           dropout_p=self.dropout if self.training else 0.0)
+        q, k, v = self.qkv(x).view(B, T, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)  # each B, H, T, hd
+        if self.kind == "full":
+            y = F.scaled_dot_product_attention(q, k, v)
+        elif self.kind in ("local", "dilated"):
+            y = self.windowed(q, k, v, self.windows[0])
+        elif self.kind == "hybrid":
+            gate = self.gate(x).softmax(-1).transpose(1, 2).unsqueeze(-1)  # B, branches, T, 1
+            y = sum(gate[:, i, None] * self.windowed(q, k, v, win) for i, win in enumerate(self.windows))
+        elif self.kind == "linformer":
+            y = self.linformer(q, k, v)
+        elif self.kind == "performer":
+            if self.training and self.redraw_interval:
+                calls = int(self.train_calls)
+                if calls and calls % self.redraw_interval == 0:
+                    self.redraw_features()
+                self.train_calls += 1
+            with torch.autocast(x.device.type, enabled=False):  # exp of features needs float32
+                y = performer_attention(at_least_fp32(q), at_least_fp32(k), at_least_fp32(v), self.features).to(v.dtype)
+        elif self.kind == "nystrom":
+            with torch.autocast(x.device.type, enabled=False):  # the pseudo-inverse iteration needs float32
+                y = nystrom_attention(at_least_fp32(q), at_least_fp32(k), at_least_fp32(v), self.landmarks,
+                                      self.pinv_iters).to(v.dtype)
+            if self.value_conv is not None:
+                y = y + self.value_conv(v)
+        else:  # lsa: q scaled by the learned temperature, a token never attends to itself
+            eye = torch.eye(T, dtype=torch.bool, device=x.device)
+            y = F.scaled_dot_product_attention(q * self.temperature.view(1, -1, 1, 1), k, v, attn_mask=~eye, scale=1.0)
         return self.proj(y.transpose(1, 2).reshape(B, T, D))
+
+    def linformer(self, q, k, v):
+        """Keys and values of the patches projected along the sequence to k rows; the cls token keeps its own."""
+        c = int(self.cls_token)
+        n = k.shape[-2] - c
+        if n > self.n_patches:
+            raise ValueError(f"linformer was built for {self.n_patches} patch tokens, got {n}")
+        pk = self.proj_k[..., :n]  # a shorter sequence uses the first n columns
+        pv = (self.proj_k if self.linformer_share == "layers" else self.proj_v)[..., :n]
+        if self.linformer_share == "none":
+            pk, pv = pk.unsqueeze(0), pv.unsqueeze(0)  # 1, H, k, n: a matrix per head
+        keys = torch.cat([k[..., :c, :], pk.to(k.dtype) @ k[..., c:, :]], -2)
+        values = torch.cat([v[..., :c, :], pv.to(v.dtype) @ v[..., c:, :]], -2)
+        return F.scaled_dot_product_attention(q, keys, values)
+
+    def weights(self, x):
+        """Explicit (B, H, T, T) attention weights for the softmax kinds (full, local, dilated, hybrid, lsa)."""
+        B, T, D = x.shape
+        q, k, _ = self.qkv(x).view(B, T, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
+        if self.kind == "lsa":
+            scores = q @ k.transpose(-2, -1) * self.temperature.view(1, -1, 1, 1)
+            return scores.masked_fill(torch.eye(T, dtype=torch.bool, device=x.device), float("-inf")).softmax(-1)
+        scores = q @ k.transpose(-2, -1) / math.sqrt(D // self.heads)
+        if self.kind == "full":
+            return scores.softmax(-1)
+        if self.kind not in WINDOWED:
+            raise ValueError(f"attention '{self.kind}' has no explicit softmax weights")
+        h, w = self.grid
+        per_window = [scores.masked_fill(~local_attention_mask(h, w, r, self.cls_token, s, d, x.device), float("-inf")).softmax(-1)
+                      for r, s, d in self.windows]
+        if self.kind != "hybrid":
+            return per_window[0]
+        gate = self.gate(x).softmax(-1)  # B, T, branches: each query's mix of its branches' weights
+        return sum(gate[:, None, :, i, None] * a for i, a in enumerate(per_window))

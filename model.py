@@ -1,9 +1,10 @@
 """Our ViT and torchvision's ResNets (with a small-image stem); `build_model` makes any of them by name."""
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 import torchvision
 
-from attention import Attention, local_attention_mask
+from attention import Attention
 
 # ViT presets for 32 px inputs. Shallow presets keep the default's width and cut its depth.
 VIT_PRESETS = {
@@ -39,14 +40,41 @@ class DropPath(nn.Module):
         return x * keep.to(x.dtype) / (1 - self.p)
 
 
+def shifted_images(x, shift):
+    """The image and its four diagonal shifts by `shift` pixels (zero-filled), concatenated on channels: (B, 5C, H, W)."""
+    if shift == 0:
+        return torch.cat([x] * 5, 1)
+    s = shift
+    padded = F.pad(x, (s, s, s, s))
+    H, W = x.shape[-2:]
+    crops = [padded[..., dr:dr + H, dc:dc + W] for dr, dc in ((0, 0), (0, 2 * s), (2 * s, 0), (2 * s, 2 * s))]
+    return torch.cat([x, *crops], 1)
+
+
+class ShiftedPatchEmbed(nn.Module):
+    """Shifted Patch Tokenization (Lee et al. 2021): patches of the image and its four half-patch diagonal
+    shifts, flattened together, then LayerNorm and Linear. Each token sees a wider, overlapping area."""
+
+    def __init__(self, patch_size, dim, channels=3):
+        super().__init__()
+        self.patch_size, self.shift = patch_size, patch_size // 2
+        self.norm = nn.LayerNorm(5 * channels * patch_size ** 2)
+        self.proj = nn.Linear(5 * channels * patch_size ** 2, dim)
+
+    def forward(self, x):
+        p = self.patch_size
+        patches = F.unfold(shifted_images(x, self.shift), p, stride=p).transpose(1, 2)  # B, N, 5C*p*p
+        return self.proj(self.norm(patches))
+
+
 class Block(nn.Module):
     """Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x))."""
 
-    def __init__(self, dim, heads, mlp_ratio, mask, dropout, drop_path):
+    def __init__(self, dim, heads, mlp_ratio, dropout, drop_path, attention):
         super().__init__()
         hidden = int(dim * mlp_ratio)
         self.norm1 = nn.LayerNorm(dim)
-        self.attn = Attention(dim, heads, mask=mask)
+        self.attn = Attention(dim, heads, **attention)
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout),
                                  nn.Linear(hidden, dim), nn.Dropout(dropout))
@@ -58,23 +86,27 @@ class Block(nn.Module):
 
 
 class ViT(nn.Module):
-    """Vision Transformer: conv patch embedding, cls token or mean pooling, learned positions, pre-norm blocks."""
+    """Vision Transformer: conv (or shifted, --spt) patch embedding, cls token or mean pooling, learned positions,
+    pre-norm blocks with any attention of attention.py (its options in attention_options)."""
 
     def __init__(self, num_classes, image_size=32, patch_size=4, depth=6, dim=256, heads=8, mlp_ratio=2.0,
-                 pool="cls", attention="full", radius=1, dropout=0.0, drop_path=0.0):
+                 pool="cls", attention="full", attention_options=None, spt=False, dropout=0.0, drop_path=0.0):
         super().__init__()
         if image_size % patch_size:
             raise ValueError(f"patch size {patch_size} does not divide the image size {image_size}")
         grid = image_size // patch_size
         self.pool = pool
-        self.patch_embed = nn.Conv2d(3, dim, patch_size, stride=patch_size)
+        self.patch_embed = ShiftedPatchEmbed(patch_size, dim) if spt else nn.Conv2d(3, dim, patch_size, stride=patch_size)
         n_tokens = grid * grid + (pool == "cls")
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim)) if pool == "cls" else None
         self.pos_embed = nn.Parameter(torch.zeros(1, n_tokens, dim))
         self.dropout = nn.Dropout(dropout)
-        mask = local_attention_mask(grid, grid, radius, pool == "cls") if attention == "local" else None
+        options = dict(attention_options or {}, kind=attention, grid=(grid, grid), cls_token=pool == "cls")
+        if attention == "linformer" and options.get("linformer_share") == "layers":
+            k = options.get("linformer_k", 64)  # one projection, for keys and values, handed to every layer
+            options["shared_projection"] = nn.Parameter(torch.randn(k, grid * grid) / grid)
         rates = torch.linspace(0, drop_path, depth).tolist()  # deeper blocks are dropped more often
-        self.blocks = nn.ModuleList(Block(dim, heads, mlp_ratio, mask, dropout, r) for r in rates)
+        self.blocks = nn.ModuleList(Block(dim, heads, mlp_ratio, dropout, r, options) for r in rates)
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, num_classes)
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
@@ -85,11 +117,17 @@ class ViT(nn.Module):
                 nn.init.trunc_normal_(m.weight, std=0.02)
                 nn.init.zeros_(m.bias)
 
-    def forward(self, x):
-        x = self.patch_embed(x).flatten(2).transpose(1, 2)  # B, N, D
+    def embed(self, x):
+        """Images (B, 3, H, W) to the first block's input tokens (B, T, D): patches, cls token, positions."""
+        x = self.patch_embed(x)
+        if x.ndim == 4:  # the conv embedding gives B, D, h, w
+            x = x.flatten(2).transpose(1, 2)
         if self.cls_token is not None:
             x = torch.cat([self.cls_token.expand(len(x), -1, -1), x], 1)
-        x = self.dropout(x + self.pos_embed)
+        return self.dropout(x + self.pos_embed)
+
+    def forward(self, x):
+        x = self.embed(x)
         for block in self.blocks:
             x = block(x)
         x = self.norm(x)
@@ -122,7 +160,8 @@ def vit_config(arch, overrides=None):
 
 
 def build_model(arch, num_classes, image_size=32, **kw):
-    """Build any model by name; ViT keywords: depth dim heads mlp_ratio patch_size pool attention radius dropout drop_path."""
+    """Build any model by name; ViT keywords: depth dim heads mlp_ratio patch_size pool attention attention_options spt
+    dropout drop_path."""
     if arch in RESNET_PRESETS:
         p = RESNET_PRESETS[arch]
         return resnet(p["base"], num_classes, image_size, kw.get("stages") or p["stages"])

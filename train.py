@@ -21,13 +21,20 @@ import torch.nn.functional as F
 import torchvision
 from tqdm import tqdm
 
-from attention import ATTENTIONS
+from attention import ATTENTIONS, LINFORMER_SHARING, WINDOWED, flex_attention
 from data import CORRUPTIONS, DATASETS, REGIMES, DataError, augment, build_data, epoch_plan, normalize, rank_batches
 from evaluate import autocast, final_metrics
 from model import ARCHS, RESNET_PRESETS, build_model, count_params, vit_config
 
 # Arguments that change what is trained: a --resume must repeat them exactly.
-NOT_TRAINING_ARGS = {"resume", "overwrite", "device", "no_download", "data_dir", "progress", "stop_after_steps", "out"}
+NOT_TRAINING_ARGS = {"resume", "overwrite", "device", "no_download", "data_dir", "progress", "stop_after_steps", "out",
+                     "attention_backend"}  # flex and sdpa compute the same attention
+# Attention options: default and the --attention kinds each applies to (given for another kind: an error).
+ATTENTION_OPTIONS = {
+    "radius": (1, WINDOWED), "window_shape": ("square", WINDOWED), "dilation": (2, {"dilated"}),
+    "dilations": ("1,2,4", {"hybrid"}), "linformer_k": (64, {"linformer"}), "linformer_share": ("heads", {"linformer"}),
+    "performer_features": (None, {"performer"}), "redraw_interval": (1000, {"performer"}),
+    "landmarks": (16, {"nystrom"}), "pinv_iters": (6, {"nystrom"}), "nystrom_conv": (33, {"nystrom"})}
 
 
 def fail(message, prog="train.py"):
@@ -75,12 +82,33 @@ def get_parser():
     g.add_argument("--patch-size", type=int, default=None)
     g.add_argument("--mlp-ratio", type=float, default=None)
     g.add_argument("--pool", default="cls", choices=["cls", "mean"], help="ViT: cls token or global average pooling")
-    g.add_argument("--attention", default="full", choices=ATTENTIONS, metavar="KIND", help=f"ViT: {', '.join(ATTENTIONS)}")
-    g.add_argument("--radius", type=int, default=1, help="local attention: Chebyshev radius on the patch grid (>= 0)")
+    g.add_argument("--spt", action="store_true", help="ViT: Shifted Patch Tokenization (with --attention lsa: SL-ViT)")
     g.add_argument("--dropout", type=float, default=0.0, help="ViT: dropout after embeddings and in the MLP")
     g.add_argument("--drop-path", type=float, default=0.1,
                    help="ViT: stochastic depth, rising linearly from 0 at the first block to this rate at the last")
     g.add_argument("--stages", type=int, default=None, choices=[1, 2, 3, 4], help="ResNet: residual stages kept")
+    g = p.add_argument_group("ViT attention (each option only with the kinds named; see attention.py)")
+    g.add_argument("--attention", default="full", choices=ATTENTIONS, metavar="KIND", help=f"{', '.join(ATTENTIONS)}")
+    g.add_argument("--radius", type=int, default=None,
+                   help="local, dilated, hybrid: window radius on the patch grid, in (dilated) steps (default 1)")
+    g.add_argument("--window-shape", default=None, choices=["square", "circle"],
+                   help="local, dilated, hybrid: Chebyshev (square, default) or Euclidean (circle) radius")
+    g.add_argument("--dilation", type=int, default=None, help="dilated: grid step between attended patches (default 2)")
+    g.add_argument("--dilations", default=None, help="hybrid: dilations of the parallel window branches (default 1,2,4)")
+    g.add_argument("--linformer-k", type=int, default=None, help="linformer: projected sequence length (default 64)")
+    g.add_argument("--linformer-share", default=None, choices=LINFORMER_SHARING,
+                   help="linformer: none (a projection per head), heads (per layer, default), kv (keys = values), "
+                        "layers (one for the whole network)")
+    g.add_argument("--performer-features", type=int, default=None, help="performer: random features (default d ln d, d = head width)")
+    g.add_argument("--redraw-interval", type=int, default=None,
+                   help="performer: redraw the features every this many training steps, 0 never (default 1000)")
+    g.add_argument("--landmarks", type=int, default=None, help="nystrom: landmarks (default 16)")
+    g.add_argument("--pinv-iters", type=int, default=None, help="nystrom: pseudo-inverse iterations (default 6)")
+    g.add_argument("--nystrom-conv", type=int, default=None,
+                   help="nystrom: kernel of the depthwise conv residual on values, odd, 0 = off (default 33)")
+    g.add_argument("--attention-backend", default="auto", choices=["auto", "sdpa", "flex"],
+                   help="local, dilated, hybrid: flex_attention block masks (CUDA) or SDPA with a dense mask; "
+                        "auto: flex on CUDA when available")
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, default=100)
     g.add_argument("--batch-size", type=int, default=128, help="global batch size (split across processes)")
@@ -140,8 +168,6 @@ def resolve_args(args):
         fail(f"unknown corruption '{bad[0] if bad else ''}'; choose from {', '.join(CORRUPTIONS)}")
     if not 0 <= args.train_corruption_fraction <= 1:
         fail(f"--train-corruption-fraction {args.train_corruption_fraction} is outside [0, 1]")
-    if args.radius < 0:
-        fail(f"--radius {args.radius} must be 0 or more")
     if not 0 <= args.val_fraction < 1:
         fail(f"--val-fraction {args.val_fraction} is outside [0, 1)")
     if args.synthetic_per_class < 5 or args.synthetic_size < 16:  # 16: defocus_blur's 17x17 kernel needs it
@@ -183,7 +209,6 @@ def resolve_args(args):
         args.warmup_epochs = min(5.0, args.epochs / 10)
     if not 0 <= args.warmup_epochs <= args.epochs:
         fail(f"--warmup-epochs {args.warmup_epochs} must be in [0, --epochs {args.epochs}]")
-    args.out = args.out or default_out(args)
     cfg = vars(args).copy()
     if is_resnet:
         cfg["stages"] = cfg["stages"] or RESNET_PRESETS[args.arch]["stages"]
@@ -191,15 +216,79 @@ def resolve_args(args):
         cfg.update(vit_config(args.arch, {k: cfg[k] for k in ("depth", "dim", "heads", "patch_size", "mlp_ratio")}))
         if cfg["dim"] % cfg["heads"]:
             fail(f"--dim {cfg['dim']} is not divisible by --heads {cfg['heads']}")
+    resolve_attention(args, cfg, is_resnet)
+    cfg["out"] = args.out = args.out or default_out(args)
     cfg["corruptions"] = corruptions
     cfg["thresholds"] = thresholds
     cfg["amp"] = not args.no_amp
     return cfg
 
 
+def resolve_attention(args, cfg, is_resnet):
+    """Check the attention options against --attention and fill the defaults of the kind chosen (others stay None)."""
+    given = [k for k in ATTENTION_OPTIONS if cfg[k] is not None]
+    if is_resnet and (given or args.attention != "full" or args.spt):
+        flag = f"--{given[0].replace('_', '-')}" if given else ("--spt" if args.spt else f"--attention {args.attention}")
+        fail(f"{flag} applies to ViTs, not to --arch {args.arch}")
+    for k in given:
+        if args.attention not in ATTENTION_OPTIONS[k][1]:
+            kinds = ", ".join(sorted(ATTENTION_OPTIONS[k][1]))
+            fail(f"--{k.replace('_', '-')} only applies to --attention {kinds} (got --attention {args.attention})")
+    if is_resnet:
+        return
+    for k, (default, kinds) in ATTENTION_OPTIONS.items():
+        if args.attention in kinds and cfg[k] is None:
+            cfg[k] = default
+    checks = {"radius": 0, "dilation": 1, "linformer_k": 1, "performer_features": 1, "redraw_interval": 0,
+              "landmarks": 1, "pinv_iters": 1, "nystrom_conv": 0}
+    for k, low in checks.items():
+        if cfg[k] is not None and cfg[k] < low:
+            fail(f"--{k.replace('_', '-')} {cfg[k]} must be at least {low}")
+    if cfg["nystrom_conv"] and cfg["nystrom_conv"] % 2 == 0:
+        fail(f"--nystrom-conv {cfg['nystrom_conv']} must be odd (or 0 for no conv residual)")
+    if cfg["dilations"] is not None:
+        try:
+            cfg["dilations"] = [int(d) for d in str(cfg["dilations"]).split(",")]
+        except ValueError:
+            fail(f"--dilations '{cfg['dilations']}' is not a comma-separated list of whole numbers")
+        if min(cfg["dilations"]) < 1 or len(set(cfg["dilations"])) < 2:
+            fail(f"--dilations {','.join(map(str, cfg['dilations']))} needs at least two different dilations, each at least 1")
+    if args.attention == "performer" and cfg["performer_features"] is None:
+        head_dim = cfg["dim"] // cfg["heads"]
+        cfg["performer_features"] = max(1, round(head_dim * math.log(head_dim)))
+    for k in ATTENTION_OPTIONS:  # default_out reads them from args
+        setattr(args, k, cfg[k])
+
+
+def attention_tag(args):
+    """The attention part of a run name: '' for full attention, else e.g. -local2, -dilated1d2, -lsa-spt."""
+    kind = args.attention
+    tag = {"full": "", "local": f"-local{args.radius}", "dilated": f"-dilated{args.radius}d{args.dilation}",
+           "hybrid": f"-hybrid{args.radius}d{'-'.join(map(str, args.dilations or []))}",
+           "linformer": f"-linformer{args.linformer_k}", "performer": f"-performer{args.performer_features}",
+           "nystrom": f"-nystrom{args.landmarks}", "lsa": "-lsa"}[kind]
+    if kind in WINDOWED and args.window_shape == "circle":
+        tag += "c"
+    if kind == "linformer" and args.linformer_share != "heads":
+        tag += args.linformer_share
+    return tag + ("-spt" if args.spt else "")
+
+
+def attention_backend(cfg, device, prog="train.py"):
+    """The attention backend this run uses: flex_attention for windowed kinds on CUDA (auto, or asked), else sdpa."""
+    asked, windowed = cfg.get("attention_backend", "auto"), cfg.get("attention") in WINDOWED
+    if asked == "flex":
+        if not windowed:
+            fail(f"--attention-backend flex applies to --attention {', '.join(sorted(WINDOWED))}, not {cfg.get('attention')}", prog)
+        if device.type != "cuda" or flex_attention is None:
+            fail("--attention-backend flex needs CUDA and torch.nn.attention.flex_attention; use sdpa or auto", prog)
+    flex = asked == "flex" or (asked == "auto" and windowed and device.type == "cuda" and flex_attention is not None)
+    return "flex" if flex else "sdpa"
+
+
 def default_out(args):
-    """runs/<arch>[-local<R>][-t<budget>s]-<regime>[<its parameter>]-<dataset>-s<seed>: distinct across a sweep."""
-    arch = args.arch + (f"-local{args.radius}" if args.attention == "local" else "")
+    """runs/<arch>[<attention>][-t<budget>s]-<regime>[<its parameter>]-<dataset>-s<seed>: distinct across a sweep."""
+    arch = args.arch + attention_tag(args)
     arch += f"-t{args.time_budget:g}s" if args.time_budget else ""
     regime = args.regime
     if regime == "sparse":
@@ -265,11 +354,15 @@ def load_run_data(cfg, prog="train.py"):
         fail(str(e), prog)
 
 
-def build_run_model(cfg, data):
-    """The run's model from its config (ViT sizes already resolved in cfg)."""
+def build_run_model(cfg, data, backend="sdpa"):
+    """The run's model from its config (ViT sizes and attention options already resolved in cfg)."""
     torch.manual_seed(cfg["seed"])
-    kw = dict(pool=cfg["pool"], attention=cfg["attention"], radius=cfg["radius"], dropout=cfg["dropout"],
-              drop_path=cfg["drop_path"], stages=cfg["stages"])
+    if cfg["arch"] in RESNET_PRESETS:
+        return build_model(cfg["arch"], data["num_classes"], data["x_train"].shape[-1], stages=cfg["stages"])
+    options = {k: cfg[k] for k, (_, kinds) in ATTENTION_OPTIONS.items() if cfg["attention"] in kinds}
+    options["backend"] = backend
+    kw = dict(pool=cfg["pool"], attention=cfg["attention"], attention_options=options, spt=cfg.get("spt", False),
+              dropout=cfg["dropout"], drop_path=cfg["drop_path"])
     kw.update({k: cfg[k] for k in ("depth", "dim", "heads", "patch_size", "mlp_ratio")})
     return build_model(cfg["arch"], data["num_classes"], data["x_train"].shape[-1], **kw)
 
@@ -367,6 +460,12 @@ def main(argv=None):
     if cfg["arch"] not in RESNET_PRESETS and image_size % cfg["patch_size"]:
         fail(f"--patch-size {cfg['patch_size']} does not divide the image size {image_size}; "
              f"allowed: {', '.join(str(p) for p in range(1, image_size + 1) if image_size % p == 0)}")
+    if cfg["arch"] not in RESNET_PRESETS:
+        patches = (image_size // cfg["patch_size"]) ** 2
+        for k, most in (("linformer_k", patches), ("landmarks", patches + (cfg["pool"] == "cls"))):
+            if cfg.get(k) is not None and cfg[k] > most:
+                fail(f"--{k.replace('_', '-')} {cfg[k]} exceeds the {most} tokens of a {image_size} px image in "
+                     f"{cfg['patch_size']} px patches; allowed: 1 to {most}")
     if len(data["x_train"]) < world:
         fail(f"the training set has {len(data['x_train'])} images, fewer than the {world} processes")
 
@@ -375,7 +474,8 @@ def main(argv=None):
         if device.type == "cuda":
             torch.cuda.set_device(device)
     amp = cfg["amp"] and device.type == "cuda"
-    model = build_run_model(cfg, data).to(device)
+    backend = attention_backend(cfg, device)
+    model = build_run_model(cfg, data, backend).to(device)
     params = count_params(model)
     if world > 1 and device.type == "cuda":  # per-process BatchNorm statistics would differ from the 1-GPU run
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -406,7 +506,7 @@ def main(argv=None):
             params=params, image_size=image_size, num_classes=data["num_classes"], class_names=data["class_names"],
             counts_per_class=data["counts"], sizes={k: sum(v) for k, v in data["counts"].items()},
             normalization=dict(mean=data["mean"], std=data["std"]), world_size=world,
-            device=device_name(device),
+            device=device_name(device), attention_backend_used=backend if cfg["arch"] not in RESNET_PRESETS else None,
             amp_active=amp, versions=dict(python=platform.python_version(), torch=torch.__version__,
                                           torchvision=torchvision.__version__),
             git_commit=git_commit(), command=" ".join(sys.argv))

@@ -1,5 +1,6 @@
 """train.py end to end on tiny models and synthetic data: learning, run folder, resume, DDP, bad input."""
 import json
+import math
 import os
 import subprocess
 import sys
@@ -173,7 +174,20 @@ BASE = [*TINY_VIT, *TINY_DATA, "--epochs", "1"]
     (["--regime", "sparse", "--per-class", "55"], "--per-class 55 is larger than the smallest class (54 training"),
     (["--fraction", "0.5"], "--fraction only applies to --regime sparse"),
     (["--regime", "imbalanced", "--imbalance-ratio", "0.5"], "--imbalance-ratio 0.5 must be at least 1"),
-    (["--radius", "-1"], "--radius -1 must be 0 or more"),
+    (["--attention", "local", "--radius", "-1"], "--radius -1 must be at least 0"),
+    (["--radius", "2"], "--radius only applies to --attention dilated, hybrid, local (got --attention full)"),
+    (["--attention", "local", "--dilation", "2"], "--dilation only applies to --attention dilated (got --attention local)"),
+    (["--attention", "hybrid", "--dilations", "2,2"], "--dilations 2,2 needs at least two different dilations"),
+    (["--attention", "hybrid", "--dilations", "1,x"], "--dilations '1,x' is not a comma-separated list of whole numbers"),
+    (["--attention", "linformer", "--linformer-k", "17"],
+     "--linformer-k 17 exceeds the 16 tokens of a 16 px image in 4 px patches; allowed: 1 to 16"),
+    (["--attention", "nystrom", "--landmarks", "18"], "--landmarks 18 exceeds the 17 tokens"),
+    (["--attention", "nystrom", "--nystrom-conv", "4"], "--nystrom-conv 4 must be odd"),
+    (["--attention", "performer", "--redraw-interval", "-1"], "--redraw-interval -1 must be at least 0"),
+    (["--arch", "resnet18", "--spt"], "--spt applies to ViTs, not to --arch resnet18"),
+    (["--arch", "resnet18", "--attention", "lsa"], "--attention lsa applies to ViTs, not to --arch resnet18"),
+    (["--attention-backend", "flex"], "--attention-backend flex applies to --attention dilated, hybrid, local, not full"),
+    (["--attention", "local", "--attention-backend", "flex", "--device", "cpu"], "--attention-backend flex needs CUDA"),
     (["--label-smoothing", "1.5"], "--label-smoothing 1.5 is outside [0, 1]"),
     (["--drop-path", "1"], "--drop-path 1.0 is outside [0, 1)"),
     (["--dropout", "-0.1"], "--dropout -0.1 is outside [0, 1)"),
@@ -254,6 +268,15 @@ def test_default_run_folders_differ_across_a_regime_sweep():
     assert name("--time-budget", "60") == "runs/vit-t60s-standard-cifar10-s0"
     assert name("--attention", "local", "--radius", "2", "--regime", "many-classes") == \
         "runs/vit-local2-many-classes-cifar100-s0"
+    names = {name("--attention", "local"), name("--attention", "local", "--window-shape", "circle"),
+             name("--attention", "dilated"), name("--attention", "dilated", "--dilation", "3"), name("--attention", "hybrid"),
+             name("--attention", "linformer"), name("--attention", "linformer", "--linformer-share", "kv"),
+             name("--attention", "performer"), name("--attention", "nystrom"), name("--attention", "lsa"),
+             name("--attention", "lsa", "--spt"), name("--spt"), name()}
+    assert len(names) == 13
+    assert name("--attention", "hybrid") == "runs/vit-hybrid1d1-2-4-standard-cifar10-s0"
+    assert name("--attention", "performer") == "runs/vit-performer111-standard-cifar10-s0"  # 32 ln 32 = 110.9
+    assert name("--attention", "lsa", "--spt") == "runs/vit-lsa-spt-standard-cifar10-s0"
 
 
 def test_lr_schedule_against_hand_values():
@@ -285,3 +308,57 @@ def test_test_per_class_keeps_a_fixed_balanced_subset(tmp_path):
     b, _, fb = run_train(tmp_path / "b", *BASE, "--test-per-class", "3", "--seed", "1")
     assert a["counts_per_class"]["test"] == [3] * 10 and b["counts_per_class"]["test"] == [3] * 10
     assert sum(map(sum, fa["confusion"])) == 30 and sum(map(sum, fb["confusion"])) == 30
+
+
+# ----------------------------------------------------------------------------- attention variants end to end
+
+VARIANTS = [["--attention", "full"], ["--attention", "local"], ["--attention", "dilated"], ["--attention", "hybrid"],
+            ["--attention", "linformer", "--linformer-k", "8"], ["--attention", "performer"],
+            ["--attention", "nystrom", "--landmarks", "8"], ["--attention", "lsa"], ["--attention", "lsa", "--spt"]]
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: "-".join(a.lstrip("-") for a in v[1:]))
+def test_every_attention_variant_learns_synthetic(tmp_path, variant):
+    args = [*TINY_VIT, *TINY_DATA, "--epochs", "8", "--batch-size", "16", "--drop-path", "0", *variant]
+    cfg, rows, final = run_train(tmp_path / "v", *args)
+    assert rows[-1]["train_loss"] < rows[0]["train_loss"] - 0.1
+    assert final["test_acc"] > 0.2, final["test_acc"]  # chance is 0.10 (120 test images: 3.6 standard errors)
+    assert cfg["attention_backend_used"] == "sdpa"  # no GPU here: the portable path
+    distance = final["attention_distance"]
+    if cfg["attention"] in ("full", "local", "dilated", "hybrid", "lsa"):
+        assert len(distance) == 2 and all(len(layer) == 4 for layer in distance)
+        reach = {"local": math.sqrt(2), "dilated": 2 * math.sqrt(2)}.get(cfg["attention"], 3 * math.sqrt(2))
+        assert all(0 < d <= reach + 1e-6 for layer in distance for d in layer)  # within the window it may use
+    else:
+        assert distance is None
+    state = torch.load(tmp_path / "v" / "checkpoint.pt", weights_only=False)["model"]
+    if cfg["attention"] == "lsa":  # the temperature is trained, away from 1 / sqrt(16)
+        assert (state["blocks.0.attn.temperature"] - 0.25).abs().max() > 1e-3
+    if cfg["attention"] == "performer":  # the features in use are in the checkpoint
+        assert state["blocks.0.attn.features"].shape == (cfg["performer_features"], 16)
+
+
+def test_performer_run_re_evaluates_to_the_same_metrics(tmp_path, capsys):
+    # The random features are saved with the model, so evaluate.py reproduces the run's own numbers.
+    args = [*TINY_VIT, *TINY_DATA, "--epochs", "2", "--attention", "performer", "--redraw-interval", "5"]
+    _, _, final = run_train(tmp_path / "p", *args)
+    capsys.readouterr()
+    evaluate.main([str(tmp_path / "p"), "--device", "cpu"])
+    again = json.loads(capsys.readouterr().out)
+    assert again["test_acc"] == final["test_acc"] and again["confusion"] == final["confusion"]
+
+
+def test_performer_under_torchrun_matches_single_process(tmp_path):
+    # Redrawn features come from a seeded generator, so both processes use the features of the single process.
+    args = [*TINY_VIT, *TINY_DATA, "--epochs", "2", "--drop-path", "0", "--attention", "performer", "--redraw-interval", "4"]
+    _, single_rows, single_final = run_train(tmp_path / "one", *args)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           os.path.join(ROOT, "train.py"), *args, "--out", str(tmp_path / "two"), "--progress", "off"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    _, rows, final = read_run(tmp_path / "two")
+    for a, b in zip(rows, single_rows):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
+        assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-4)
+    assert final["test_acc"] == single_final["test_acc"]

@@ -1,0 +1,414 @@
+"""Every attention variant against an independent computation: brute-force masks, float64 softmax attention,
+torch.linalg.pinv, exact attention for the approximations at their exact settings."""
+import json
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import evaluate
+from attention import (ATTENTIONS, Attention, flex_attention, flex_block_mask, iterative_pinv, local_attention_mask,
+                       nystrom_attention, orthogonal_features, performer_attention, segment_means)
+from model import ShiftedPatchEmbed, ViT, count_params, shifted_images
+
+SOFTMAX_KINDS = ["full", "local", "dilated", "hybrid", "lsa"]
+
+
+def brute_force_mask(h, w, radius, cls, dilation=1, shape="square"):
+    """From the definition: q is in p's window when q - p is one of the window's offsets d * (i, j)."""
+    steps = [(i, j) for i in range(-radius, radius + 1) for j in range(-radius, radius + 1)
+             if shape == "square" or i * i + j * j <= radius * radius]
+    offsets = {(dilation * i, dilation * j) for i, j in steps}
+    coords = [(r, c) for r in range(h) for c in range(w)]
+    n = len(coords) + cls
+    mask = torch.ones(n, n, dtype=torch.bool)  # cls row and column stay True: the global token
+    for a, (r1, c1) in enumerate(coords):
+        for b, (r2, c2) in enumerate(coords):
+            mask[a + cls, b + cls] = (r2 - r1, c2 - c1) in offsets
+    return mask
+
+
+@pytest.mark.parametrize("h,w", [(3, 3), (4, 4), (5, 3), (2, 6)])
+@pytest.mark.parametrize("radius", [0, 1, 2])
+@pytest.mark.parametrize("dilation", [1, 2, 3])
+@pytest.mark.parametrize("shape", ["square", "circle"])
+@pytest.mark.parametrize("cls", [True, False])
+def test_window_masks_match_brute_force(h, w, radius, dilation, shape, cls):
+    mask = local_attention_mask(h, w, radius, cls, shape, dilation)
+    assert torch.equal(mask, brute_force_mask(h, w, radius, int(cls), dilation, shape))
+
+
+def qkv_of(attn, x):
+    B, T, D = x.shape
+    return attn.qkv(x).view(B, T, 3, attn.heads, D // attn.heads).permute(2, 0, 3, 1, 4)
+
+
+def softmax_attention(q, k, v, mask=None, scale=None):
+    """softmax(Q K^T * scale + mask) V written out in float64."""
+    q, k, v = q.double(), k.double(), v.double()
+    scores = q @ k.transpose(-2, -1) * (q.shape[-1] ** -0.5 if scale is None else scale)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    return scores.softmax(-1) @ v
+
+
+def output(attn, y):
+    """Merge heads (B, H, T, hd) and apply the output projection, in float64."""
+    B, H, T, hd = y.shape
+    return y.transpose(1, 2).reshape(B, T, H * hd) @ attn.proj.weight.double().T + attn.proj.bias.double()
+
+
+def spread(module, std=0.3):
+    """Weights far from the near-uniform-attention init, so masks and approximations matter."""
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.normal_(0, std)
+    return module
+
+
+@pytest.mark.parametrize("kind,opts", [("full", {}), ("local", dict(radius=1)), ("dilated", dict(radius=1, dilation=2)),
+                                       ("local", dict(radius=1, window_shape="circle"))])
+@pytest.mark.parametrize("cls", [True, False])
+def test_masked_kinds_match_float64_softmax_attention(kind, opts, cls):
+    torch.manual_seed(0)
+    attn = spread(Attention(32, 4, kind, grid=(4, 5), cls_token=cls, **opts))
+    x = torch.randn(2, 20 + cls, 32)
+    mask = None if kind == "full" else brute_force_mask(4, 5, 1, int(cls), opts.get("dilation", 1), opts.get("window_shape", "square"))
+    q, k, v = qkv_of(attn, x)
+    assert torch.allclose(attn(x).double(), output(attn, softmax_attention(q, k, v, mask)), atol=1e-5)
+
+
+def test_lsa_masks_the_diagonal_and_learns_its_temperature():
+    torch.manual_seed(0)
+    attn = spread(Attention(32, 4, "lsa", grid=(3, 3)))
+    with torch.no_grad():
+        attn.temperature.copy_(torch.tensor([0.1, 0.2, 0.3, 0.4]))
+    x = torch.randn(2, 10, 32)
+    q, k, v = qkv_of(attn, x)
+    scale = attn.temperature.double().view(1, 4, 1, 1)
+    expect = output(attn, softmax_attention(q, k, v, ~torch.eye(10, dtype=torch.bool), scale))
+    assert torch.allclose(attn(x).double(), expect, atol=1e-5)
+    weights = attn.weights(x)
+    assert torch.equal(weights.diagonal(dim1=-2, dim2=-1), torch.zeros(2, 4, 10))  # never itself, cls included
+    assert torch.allclose(weights.sum(-1), torch.ones(2, 4, 10))
+    fresh = Attention(32, 4, "lsa", grid=(3, 3))
+    assert isinstance(fresh.temperature, nn.Parameter) and any(p is fresh.temperature for p in fresh.parameters())
+    assert torch.allclose(fresh.temperature, torch.full((4,), 8 ** -0.5))  # 1 / sqrt(head width)
+    opt = torch.optim.SGD(fresh.parameters(), lr=0.1)
+    fresh(torch.randn(2, 10, 32)).square().sum().backward()
+    assert fresh.temperature.grad.abs().min() > 0
+    before = fresh.temperature.detach().clone()
+    opt.step()
+    assert not torch.allclose(before, fresh.temperature)
+
+
+@pytest.mark.parametrize("kind", SOFTMAX_KINDS)
+def test_explicit_weights_reproduce_the_forward_pass(kind):
+    # weights() feeds the attention-distance analysis: it must be the attention the model runs, hybrid's gate included.
+    torch.manual_seed(0)
+    attn = spread(Attention(32, 4, kind, grid=(4, 4), radius=1))
+    x = torch.randn(2, 17, 32)
+    _, _, v = qkv_of(attn, x)
+    w = attn.weights(x)
+    assert torch.allclose(w.sum(-1), torch.ones_like(w[..., 0]), atol=1e-6)
+    assert torch.allclose(output(attn, w.double() @ v.double()), attn(x).double(), atol=1e-5)
+
+
+def test_hybrid_gate_mixes_its_branches_per_token():
+    torch.manual_seed(0)
+    attn = spread(Attention(32, 4, "hybrid", grid=(5, 5), radius=1, dilations=(1, 2)))
+    x = torch.randn(2, 26, 32)
+    q, k, v = qkv_of(attn, x)
+    branches = [softmax_attention(q, k, v, brute_force_mask(5, 5, 1, 1, d)) for d in (1, 2)]
+    gate = (x.double() @ attn.gate.weight.double().T + attn.gate.bias.double()).softmax(-1)  # B, T, 2
+    mixed = sum(gate[:, None, :, i, None] * b for i, b in enumerate(branches))
+    assert torch.allclose(attn(x).double(), output(attn, mixed), atol=1e-5)
+
+
+def vit_pair(kind_a, opts_a, kind_b, opts_b, pool="cls"):
+    """Two tiny 16 px ViTs with identical (spread) weights and different attention."""
+    a = spread(ViT(10, image_size=16, patch_size=4, depth=2, dim=32, heads=4, pool=pool, attention=kind_a,
+                   attention_options=opts_a)).eval()
+    b = ViT(10, image_size=16, patch_size=4, depth=2, dim=32, heads=4, pool=pool, attention=kind_b,
+            attention_options=opts_b).eval()
+    b.load_state_dict(a.state_dict(), strict=False)
+    return a, b
+
+
+@pytest.mark.parametrize("pool", ["cls", "mean"])
+def test_local_attention_covering_the_grid_equals_full(pool):
+    full, local = vit_pair("full", {}, "local", dict(radius=3), pool)
+    x = torch.randn(3, 3, 16, 16)
+    assert torch.allclose(full(x), local(x), atol=1e-5)
+    _, narrow = vit_pair("full", {}, "local", dict(radius=1), pool)
+    assert (full(x) - narrow(x)).abs().max() > 1e-2
+
+
+def test_dilation_one_equals_local():
+    assert torch.equal(local_attention_mask(5, 4, 2, True, "square", 1), local_attention_mask(5, 4, 2, True))
+    local, dilated = vit_pair("local", dict(radius=1), "dilated", dict(radius=1, dilation=1))
+    x = torch.randn(3, 3, 16, 16)
+    assert torch.equal(local(x), dilated(x))
+    _, wider = vit_pair("local", dict(radius=1), "dilated", dict(radius=1, dilation=2))
+    assert (local(x) - wider(x)).abs().max() > 1e-2
+
+
+def test_local_attention_keeps_patch_features_local_without_cls():
+    # With mean pooling there is no global token: after one layer of radius 1, a patch's feature depends only
+    # on the patches within distance 1, so changing a far pixel leaves it unchanged.
+    torch.manual_seed(0)
+    model = ViT(10, image_size=16, patch_size=4, depth=1, dim=32, heads=4, pool="mean", attention="local",
+                attention_options=dict(radius=1)).eval()
+    x = torch.randn(1, 3, 16, 16)
+    y = x.clone()
+    y[:, :, 12:, 12:] += 1.0  # patch (3, 3)
+    fx, fy = model.blocks[0](model.embed(x)), model.blocks[0](model.embed(y))
+    assert torch.allclose(fx[0, 0], fy[0, 0])  # patch (0, 0) is 3 away
+    assert not torch.allclose(fx[0, 10], fy[0, 10])  # patch (2, 2) is 1 away
+
+
+@pytest.mark.parametrize("share", ["none", "heads", "kv", "layers"])
+@pytest.mark.parametrize("pool", ["cls", "mean"])
+def test_linformer_with_identity_projections_equals_full(share, pool):
+    full, lin = vit_pair("full", {}, "linformer", dict(linformer_k=16, linformer_share=share), pool)
+    with torch.no_grad():
+        for block in lin.blocks:
+            for name in ("proj_k", "proj_v"):
+                if hasattr(block.attn, name):
+                    getattr(block.attn, name).copy_(torch.eye(16).expand_as(getattr(block.attn, name)))
+    x = torch.randn(3, 3, 16, 16)
+    assert torch.allclose(full(x), lin(x), atol=1e-5)
+
+
+def test_linformer_sharing_sets_the_number_of_projections():
+    extra = {}
+    for share in ("none", "heads", "kv", "layers"):
+        model = ViT(10, image_size=16, patch_size=4, depth=3, dim=32, heads=4, attention="linformer",
+                    attention_options=dict(linformer_k=8, linformer_share=share))
+        extra[share] = count_params(model) - count_params(ViT(10, image_size=16, patch_size=4, depth=3, dim=32, heads=4))
+    one = 8 * 16  # k x n
+    assert extra == dict(none=3 * 2 * 4 * one, heads=3 * 2 * one, kv=3 * one, layers=one)
+
+
+def test_linformer_shorter_sequence_and_refuses_a_longer_one():
+    torch.manual_seed(0)
+    attn = spread(Attention(32, 4, "linformer", grid=(4, 4), linformer_k=8))
+    x = torch.randn(2, 1 + 9, 32)  # cls + 9 patches, fewer than the 16 it was built for
+    q, k, v = qkv_of(attn, x)
+    e, f = attn.proj_k[:, :9].double(), attn.proj_v[:, :9].double()
+    keys = torch.cat([k[..., :1, :].double(), e @ k[..., 1:, :].double()], -2)
+    values = torch.cat([v[..., :1, :].double(), f @ v[..., 1:, :].double()], -2)
+    assert torch.allclose(attn(x).double(), output(attn, softmax_attention(q, keys, values)), atol=1e-5)
+    with pytest.raises(ValueError, match="built for 16 patch tokens, got 25"):
+        attn(torch.randn(2, 26, 32))
+    with pytest.raises(ValueError, match="linformer k 20 exceeds the 16 patch tokens"):
+        Attention(32, 4, "linformer", grid=(4, 4), linformer_k=20)
+
+
+def test_segment_means_handle_lengths_not_divisible():
+    a = segment_means(10, 4)
+    sizes = (a > 0).sum(1).tolist()
+    assert sizes == [3, 2, 3, 2] and torch.allclose(a.sum(1), torch.ones(4))
+    assert ((a > 0).float().argmax(0).diff() >= 0).all()  # contiguous, in order
+    assert torch.equal(segment_means(7, 7), torch.eye(7))
+
+
+def test_iterative_pinv_matches_linalg_and_starts_per_matrix():
+    torch.manual_seed(0)
+    a = torch.randn(3, 6, 6, dtype=torch.float64).softmax(-1)  # softmax matrices, as in Nystromformer
+    assert torch.allclose(iterative_pinv(a, 40), torch.linalg.pinv(a), atol=1e-8)
+    # A batch-wide start (the original code's) would make one matrix's result depend on its neighbours.
+    batch = torch.stack([a[0], 1000 * a[1]])
+    assert torch.equal(iterative_pinv(batch, 6)[0], iterative_pinv(a[:1], 6)[0])
+    assert torch.allclose(iterative_pinv(batch, 40)[1], torch.linalg.pinv(1000 * a[1]), atol=1e-10)
+
+
+def test_nystrom_with_one_landmark_per_token_equals_full():
+    torch.manual_seed(0)
+    q, k, v = torch.randn(3, 2, 4, 9, 8, dtype=torch.float64)
+    exact = softmax_attention(q, k, v)
+    assert torch.allclose(nystrom_attention(q, k, v, landmarks=9, pinv_iters=60), exact, atol=1e-8)
+    assert (nystrom_attention(q, k, v, landmarks=3) - exact).abs().max() > 1e-3  # fewer landmarks approximate
+    # The module, conv residual off, through a ViT: the same as full attention.
+    full, nys = vit_pair("full", {}, "nystrom", dict(landmarks=17, pinv_iters=60, nystrom_conv=0))
+    full, nys = full.double(), nys.double()
+    for block in (*full.blocks, *nys.blocks):
+        block.attn.double()
+    x = torch.randn(2, 3, 16, 16, dtype=torch.float64)
+    assert torch.allclose(full(x), nys(x), atol=1e-6)
+
+
+def test_nystrom_conv_residual_is_a_depthwise_conv_over_the_sequence():
+    torch.manual_seed(0)
+    attn = spread(Attention(32, 4, "nystrom", grid=(4, 4), landmarks=17, pinv_iters=60, nystrom_conv=3), std=0.2)
+    x = torch.randn(2, 17, 32, dtype=torch.float64)
+    attn.double()
+    q, k, v = qkv_of(attn, x)
+    w = attn.value_conv.weight[:, 0, :, 0]  # heads, 3
+    padded = F.pad(v, (0, 0, 1, 1))
+    conv = sum(w[None, :, j, None, None] * padded[:, :, j:j + 17] for j in range(3))
+    assert torch.allclose(attn(x), output(attn, softmax_attention(q, k, v) + conv), atol=1e-6)
+
+
+def test_performer_error_falls_as_features_grow():
+    torch.manual_seed(0)
+    q, k, v = torch.randn(3, 2, 4, 64, 16) * 0.7
+    exact = softmax_attention(q, k, v).float()
+    errors = []
+    for m in (4, 16, 64, 256, 1024):
+        errs = [((performer_attention(q, k, v, orthogonal_features(m, 16, seed)) - exact).norm() / exact.norm()).item()
+                for seed in range(5)]
+        errors.append(sum(errs) / len(errs))
+    assert all(a > b for a, b in zip(errors, errors[1:])), errors
+    assert errors[-1] < errors[0] / 4, errors
+
+
+def test_orthogonal_features_are_orthogonal_within_a_block():
+    w = orthogonal_features(20, 8, seed=3)
+    for block in (w[:8], w[8:16]):
+        gram = block @ block.T
+        assert torch.allclose(gram - torch.diag(gram.diagonal()), torch.zeros(8, 8), atol=1e-4)
+    assert torch.equal(w, orthogonal_features(20, 8, seed=3)) and not torch.equal(w, orthogonal_features(20, 8, seed=4))
+
+
+def test_performer_features_are_fixed_in_eval_redrawn_in_training_and_saved():
+    torch.manual_seed(0)
+    attn = Attention(32, 4, "performer", grid=(3, 3), performer_features=16, redraw_interval=2)
+    x = torch.randn(2, 10, 32)
+    attn.eval()
+    assert torch.equal(attn(x), attn(x))
+    first = attn.features.clone()
+    attn.train()
+    attn(x), attn(x)
+    assert torch.equal(attn.features, first)  # two steps on the first draw
+    attn(x)
+    assert not torch.equal(attn.features, first)  # the third step redraws
+    torch.manual_seed(0)
+    twin = Attention(32, 4, "performer", grid=(3, 3), performer_features=16, redraw_interval=2).train()
+    for _ in range(3):
+        twin(x)
+    assert torch.equal(twin.features, attn.features)  # seeded draws: every process redraws the same features
+    restored = Attention(32, 4, "performer", grid=(3, 3), performer_features=16, redraw_interval=2)
+    restored.load_state_dict(attn.state_dict())
+    attn.eval(), restored.eval()
+    assert torch.equal(restored(x), attn(x)) and int(restored.train_calls) == 3
+
+
+def test_shifted_images_are_the_four_diagonal_shifts():
+    x = torch.randn(2, 3, 8, 8)
+    s = 2
+    out = shifted_images(x, s)
+    assert out.shape == (2, 15, 8, 8) and torch.equal(out[:, :3], x)
+    for n, (dy, dx) in enumerate([(-s, -s), (-s, s), (s, -s), (s, s)]):
+        expect = torch.zeros_like(x)
+        for i in range(8):
+            for j in range(8):
+                if 0 <= i + dy < 8 and 0 <= j + dx < 8:
+                    expect[..., i, j] = x[..., i + dy, j + dx]
+        assert torch.equal(out[:, 3 * (n + 1):3 * (n + 2)], expect)
+
+
+def test_spt_shape_and_zero_shift_is_patch_embedding_of_the_concatenation():
+    torch.manual_seed(0)
+    spt = ShiftedPatchEmbed(4, 24)
+    x = torch.randn(2, 3, 16, 16)
+    assert spt(x).shape == (2, 16, 24) and spt.shift == 2
+    spt.shift = 0
+    patches = x.view(2, 3, 4, 4, 4, 4).permute(0, 2, 4, 1, 3, 5).reshape(2, 16, 48)  # (C, p, p) per patch, row-major
+    expect = spt.proj(F.layer_norm(torch.cat([patches] * 5, -1), (240,), spt.norm.weight, spt.norm.bias))
+    assert torch.allclose(spt(x), expect, atol=1e-6)
+    vit = ViT(10, image_size=16, patch_size=4, depth=1, dim=24, heads=4, spt=True)
+    assert vit(x).shape == (2, 10)
+
+
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
+@pytest.mark.parametrize("kind,shape,dilation,cls", [("local", "square", 1, True), ("local", "circle", 1, False),
+                                                      ("dilated", "square", 2, True)])
+def test_flex_block_mask_equals_the_dense_mask(kind, shape, dilation, cls):
+    # flex_attention runs eagerly (forward only) on CPU: enough to check that its mask_mod is the dense mask's rule.
+    torch.manual_seed(0)
+    n = 25 + cls
+    q, k, v = torch.randn(3, 2, 4, n, 8)
+    dense = F.scaled_dot_product_attention(q, k, v, attn_mask=local_attention_mask(5, 5, 1, cls, shape, dilation))
+    block_mask = flex_block_mask(5, 5, 1, cls, shape, dilation, "cpu")
+    with torch.no_grad():
+        assert torch.allclose(flex_attention(q, k, v, block_mask=block_mask), dense, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ATTENTIONS)
+def test_every_kind_runs_in_bf16_autocast_close_to_fp32(kind):
+    torch.manual_seed(0)
+    opts = {"linformer": dict(linformer_k=8), "nystrom": dict(landmarks=8)}.get(kind, {})
+    model = ViT(10, image_size=16, patch_size=4, depth=2, dim=32, heads=4, attention=kind, attention_options=opts).eval()
+    x = torch.randn(4, 3, 16, 16)
+    with torch.no_grad():
+        exact = model(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = model(x)
+    assert low.dtype == torch.bfloat16 and torch.isfinite(low).all()
+    assert (low.float() - exact).abs().max() < 0.05 * exact.abs().max() + 0.02
+    assert math.isfinite(model(x).sum().item())
+
+
+# ----------------------------------------------------------------------------- what the trained heads do, and cost
+
+@pytest.mark.parametrize("kind,pool,expect", [
+    ("full", "mean", (2 + math.sqrt(2)) / 4),  # uniform over the 2 x 2 grid: distances 0, 1, 1, sqrt(2)
+    ("full", "cls", (2 + math.sqrt(2)) / 4),  # the cls key is left out and the rest renormalised
+    ("lsa", "mean", (2 + math.sqrt(2)) / 3),  # uniform over the three other patches
+    ("local", "mean", 0.0)])  # radius 0: each patch on itself
+def test_attention_distance_against_hand_values(kind, pool, expect):
+    opts = dict(radius=0) if kind == "local" else {}
+    model = ViT(10, image_size=8, patch_size=4, depth=2, dim=16, heads=2, pool=pool, attention=kind, attention_options=opts)
+    with torch.no_grad():
+        for block in model.blocks:  # zero queries and keys: every allowed key gets the same weight
+            block.attn.qkv.weight[:32].zero_()
+            block.attn.qkv.bias[:32].zero_()
+    images = torch.randint(0, 256, (5, 3, 8, 8), dtype=torch.uint8)
+    distance = evaluate.attention_distance(model, images, [0.5] * 3, [0.25] * 3, torch.device("cpu"), batch_size=2)
+    assert torch.allclose(torch.tensor(distance, dtype=torch.float64), torch.full((2, 2), expect, dtype=torch.float64), atol=1e-6)
+
+
+def test_attention_distance_is_none_without_explicit_weights():
+    model = ViT(10, image_size=8, patch_size=4, depth=1, dim=16, heads=2, attention="performer")
+    images = torch.zeros(2, 3, 8, 8, dtype=torch.uint8)
+    assert evaluate.attention_distance(model, images, [0.5] * 3, [0.25] * 3, torch.device("cpu")) is None
+
+
+def test_bench_attention_writes_the_documented_fields_and_linear_kinds_scale_linearly(tmp_path):
+    out = tmp_path / "bench.json"
+    variants = "full,local,linformer,performer,nystrom"
+    assert evaluate.main(["bench-attention", "--variants", variants, "--grids", "8,32,64", "--scopes", "layer,model",
+                          "--depth", "1", "--dim", "32", "--heads", "2", "--batch-size", "1", "--warmup", "1",
+                          "--repeats", "3", "--device", "cpu", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["benchmark"] == "attention" and report["settings"]["grids"] == [8, 32, 64]
+    assert {"device", "versions", "git_commit", "command"} <= set(report)
+    rows = {(r["variant"], r["scope"], r["tokens"]): r for r in report["results"]}
+    assert len(rows) == 5 * 2 * 3 and {t for _, _, t in rows} == {65, 1025, 4097}
+    for r in rows.values():
+        assert r["error"] is None and r["backend"] == "sdpa" and r["image_size"] == 4 * r["grid"]
+        for key in ("forward_ms", "forward_backward_ms"):
+            assert r[key]["repeats"] == 3 and 0 < r[key]["min"] <= r[key]["median"] <= r[key]["max"]
+        assert r["forward_peak_memory_mb"] is None and r["flops"] > 0  # no CUDA memory on CPU
+    # FLOPs: full attention's score and value products grow 16x from 1025 to 4097 tokens (4x for the rest).
+    flops = lambda v, t: rows[(v, "layer", t)]["flops"]
+    assert flops("full", 4097) / flops("full", 1025) > 10 and flops("local", 4097) == flops("full", 4097)
+    for v in ("linformer", "performer", "nystrom"):
+        assert flops(v, 4097) / flops(v, 1025) < 5
+        growth = rows[(v, "layer", 4097)]["forward_backward_ms"]["median"] / rows[(v, "layer", 1025)]["forward_backward_ms"]["median"]
+        assert growth < 8, (v, growth)  # quadratic would be 16
+
+
+def test_bench_attention_bad_input_exits_2(tmp_path, capsys):
+    for argv, message in ((["--variants", "full,sparse"], "--variants: unknown 'sparse'; choose from full, local"),
+                          (["--grids", "4"], "--grids 4 gives 16 patches, fewer than linformer's k = 64"),
+                          (["--grids", "8,x"], "--grids '8,x' is not a comma-separated list")):
+        with pytest.raises(SystemExit) as e:
+            evaluate.main(["bench-attention", *argv, "--out", str(tmp_path / "b.json")])
+        err = capsys.readouterr().err.strip()
+        assert e.value.code == 2 and message in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "b.json").exists()
