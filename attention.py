@@ -62,6 +62,12 @@ def local_attention_mask(grid_h, grid_w, radius, cls_token=True, shape="square",
 
 
 @functools.lru_cache(maxsize=64)
+def not_self_mask(n, device):
+    """Boolean (n, n) mask, False on the diagonal: LSA's rule that no token attends to itself (cached)."""
+    return ~torch.eye(n, dtype=torch.bool, device=device)
+
+
+@functools.lru_cache(maxsize=64)
 def flex_block_mask(grid_h, grid_w, radius, cls_token, shape, dilation, device):
     """flex_attention's BlockMask for the same window: only blocks with an allowed pair are computed (cached)."""
     rule = window_rule(grid_w, radius, dilation, shape, cls_token)
@@ -72,6 +78,10 @@ def flex_block_mask(grid_h, grid_w, radius, cls_token, shape, dilation, device):
 @functools.lru_cache(maxsize=1)
 def compiled_flex_attention():
     """flex_attention compiled once: uncompiled it materialises the scores and is slow."""
+    # Each window (and sequence length) is a new compilation of the same function; past dynamo's recompile limit
+    # (8) it would silently run eagerly, materialising the scores. A sweep needs more, and past them: an error.
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+    torch._dynamo.config.fail_on_recompile_limit_hit = True
     return torch.compile(flex_attention, dynamic=False)
 
 
@@ -242,8 +252,8 @@ class Attention(nn.Module):
             if self.value_conv is not None:
                 y = y + self.value_conv(v)
         else:  # lsa: q scaled by the learned temperature, a token never attends to itself
-            eye = torch.eye(T, dtype=torch.bool, device=x.device)
-            y = F.scaled_dot_product_attention(q * self.temperature.view(1, -1, 1, 1), k, v, attn_mask=~eye, scale=1.0)
+            y = F.scaled_dot_product_attention(q * self.temperature.view(1, -1, 1, 1), k, v,
+                                               attn_mask=not_self_mask(T, x.device), scale=1.0)
         return self.proj(y.transpose(1, 2).reshape(B, T, D))
 
     def linformer(self, q, k, v):
@@ -266,7 +276,7 @@ class Attention(nn.Module):
         q, k, _ = self.qkv(x).view(B, T, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
         if self.kind == "lsa":
             scores = q @ k.transpose(-2, -1) * self.temperature.view(1, -1, 1, 1)
-            return scores.masked_fill(torch.eye(T, dtype=torch.bool, device=x.device), float("-inf")).softmax(-1)
+            return scores.masked_fill(~not_self_mask(T, x.device), float("-inf")).softmax(-1)
         scores = q @ k.transpose(-2, -1) / math.sqrt(D // self.heads)
         if self.kind == "full":
             return scores.softmax(-1)

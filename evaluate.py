@@ -190,8 +190,6 @@ def bench_one(variant, grid, scope, a, device, backend_for):
     from train import ATTENTION_OPTIONS
     kind, spt = ("lsa", True) if variant == "sl-vit" else (variant, False)
     options = {k: default for k, (default, kinds) in ATTENTION_OPTIONS.items() if kind in kinds and default is not None}
-    if "dilations" in options:
-        options["dilations"] = [int(d) for d in options["dilations"].split(",")]
     options["backend"] = backend_for(kind)
     image_size = grid * a.patch_size
     row = dict(variant=variant, scope=scope, grid=grid, tokens=grid * grid + 1, image_size=image_size,

@@ -5,7 +5,7 @@
 set -uo pipefail
 set -f  # no file-name globbing: every word here is meant literally
 
-EXPERIMENTS="regimes data-efficiency shallow locality matched-params matched-time"
+EXPERIMENTS="regimes data-efficiency shallow locality attention attention-cost matched-params matched-time"
 profile=full seeds="" gpus=0 dry_run=0 only="" runs="" data_dir=data time_budget=""
 
 usage() {
@@ -70,7 +70,10 @@ if [ "$profile" = full ]; then
     dataset=cifar10
     common=(--epochs 200 --data-dir "$data_dir")
     fractions="0.01 0.02 0.05 0.1 0.2 0.5"
+    locality_fractions="0.02 0.1 0.5"  # plus the standard regime (100%)
     radii="1 2 3 4"
+    dilations="2 3"
+    bench=()  # bench-attention's defaults: the vit preset's width, 65 to 4097 tokens
     corruptions=""  # all of them
     time_budget=${time_budget:-1200}
     declare -A size=([vit]="" [vit-shallow]="" [vit-11m]="" [resnet18]="" [resnet18-shallow]="")
@@ -86,7 +89,10 @@ else
     # trains at about 50 images/s on 2 CPU cores, so images, not model size, set the quick profile's time.
     common=(--epochs 3 --data-dir "$data_dir" --max-per-class 50 --val-fraction 0.01 --test-per-class 50)
     fractions="0.05 0.1 0.2 0.5"
+    locality_fractions="0.1"
     radii="1 2"
+    dilations="2"
+    bench=(--depth 1 --dim 64 --heads 4 --batch-size 1 --grids 8,16,32 --scopes layer --warmup 1 --repeats 3)
     corruptions="gaussian_noise,defocus_blur"
     time_budget=${time_budget:-20}
     # Tiny models; vit-11m keeps its role, a ViT with the quick ResNet-18's parameter count (618k vs 677k).
@@ -162,23 +168,60 @@ if wants shallow; then  # 3. shallow networks, beside their full-depth siblings
         job "resnet18-shallow-$cell" resnet18-shallow "${flags[@]}"
     done
 fi
-if wants locality; then  # 4. attention locality: local radii beside full attention
-    for cell in "standard-$dataset" "sparse-f0.1-$dataset"; do
-        flags=("${data_flags[@]}")
-        [[ "$cell" == sparse* ]] && flags+=(--regime sparse --fraction 0.1)
+if wants locality; then  # 4. attention locality: local radii and dilations beside full attention, across data fractions
+    for f in 1 $locality_fractions; do
+        cell="standard-$dataset" flags=("${data_flags[@]}")
+        [ "$f" != 1 ] && cell="sparse-f$f-$dataset" && flags+=(--regime sparse --fraction "$f")
         both "$cell" "${flags[@]}"
         for r in $radii; do job "vit-local$r-$cell" vit "${flags[@]}" --attention local --radius "$r"; done
+        for d in $dilations; do job "vit-dilated1d$d-$cell" vit "${flags[@]}" --attention dilated --radius 1 --dilation "$d"; done
     done
 fi
-if wants matched-params; then  # 5a. equal parameter counts
+if wants attention; then  # 5. every attention variant and SL-ViT beside full attention and ResNet-18
+    # Linformer and Nystromformer keep a quarter of the 64 patch tokens (k = 16, 16 landmarks): at k = 64
+    # Linformer would not compress a 32 px image at all.
+    variants=("local1:--attention local --radius 1" "dilated1d2:--attention dilated --radius 1 --dilation 2"
+              "hybrid1d1-2-4:--attention hybrid --radius 1 --dilations 1,2,4" "linformer16:--attention linformer --linformer-k 16"
+              "performer:--attention performer" "nystrom16:--attention nystrom --landmarks 16" "lsa:--attention lsa"
+              "lsa-spt:--attention lsa --spt")
+    cells=("standard-$dataset" "sparse-f0.1-$dataset")
+    if [ "$have_cifar100" = 1 ]; then cells+=("many-classes-cifar100"); else echo "attention: CIFAR-100 cells skipped, no CIFAR-100 at $data_dir/cifar-100-python"; fi
+    for cell in "${cells[@]}"; do
+        case "$cell" in
+            standard*) flags=("${data_flags[@]}") ;;
+            sparse*) flags=("${data_flags[@]}" --regime sparse --fraction 0.1) ;;
+            many*) flags=(--regime many-classes) ;;
+        esac
+        both "$cell" "${flags[@]}"
+        for v in "${variants[@]}"; do
+            # shellcheck disable=SC2206  # the variant's flags are meant to split into words
+            vflags=(${v#*:})
+            job "vit-${v%%:*}-$cell" vit "${flags[@]}" "${vflags[@]}"
+        done
+    done
+fi
+if wants attention-cost; then  # 6. cost of every attention variant against token count (one process, no training)
+    bench_out="$runs/bench/bench-attention.json"
+    cmd=(python3 evaluate.py bench-attention "${bench[@]}" --out "$bench_out")
+    if [ -f "$bench_out" ]; then
+        done_before=$((done_before + 1)); [ "$dry_run" = 1 ] && echo "# done: ${cmd[*]}"
+    elif [ "$dry_run" = 1 ]; then
+        echo "${cmd[*]}"
+    else
+        mkdir -p "$runs/bench"
+        echo ">>> ${cmd[*]}"
+        if "${cmd[@]}"; then finished=$((finished + 1)); else failed+=("$bench_out"); fi
+    fi
+fi
+if wants matched-params; then  # 7a. equal parameter counts
     both "standard-$dataset" "${data_flags[@]}"
     job "vit-11m-standard-$dataset" vit-11m "${data_flags[@]}"
 fi
-if wants matched-time; then  # 5b. equal wall-clock training time, not equal epochs
+if wants matched-time; then  # 7b. equal wall-clock training time, not equal epochs
     # --epochs is only a cap here; the warm-up is 5% of the budget (warm-up epochs / epochs).
     both "t${time_budget}s-standard-$dataset" "${data_flags[@]}" --time-budget "$time_budget" --epochs 1000 --warmup-epochs 50
 fi
-# 6. convergence (epochs and seconds to each accuracy threshold) is in every run's final.json.
+# 8. convergence (epochs and seconds to each accuracy threshold) is in every run's final.json.
 
 # ---------------------------------------------------------------- summary
 [ "$dry_run" = 1 ] && exit 0

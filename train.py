@@ -32,7 +32,7 @@ NOT_TRAINING_ARGS = {"resume", "overwrite", "device", "no_download", "data_dir",
 # Attention options: default and the --attention kinds each applies to (given for another kind: an error).
 ATTENTION_OPTIONS = {
     "radius": (1, WINDOWED), "window_shape": ("square", WINDOWED), "dilation": (2, {"dilated"}),
-    "dilations": ("1,2,4", {"hybrid"}), "linformer_k": (64, {"linformer"}), "linformer_share": ("heads", {"linformer"}),
+    "dilations": ([1, 2, 4], {"hybrid"}), "linformer_k": (64, {"linformer"}), "linformer_share": ("heads", {"linformer"}),
     "performer_features": (None, {"performer"}), "redraw_interval": (1000, {"performer"}),
     "landmarks": (16, {"nystrom"}), "pinv_iters": (6, {"nystrom"}), "nystrom_conv": (33, {"nystrom"})}
 
@@ -246,11 +246,12 @@ def resolve_attention(args, cfg, is_resnet):
             fail(f"--{k.replace('_', '-')} {cfg[k]} must be at least {low}")
     if cfg["nystrom_conv"] and cfg["nystrom_conv"] % 2 == 0:
         fail(f"--nystrom-conv {cfg['nystrom_conv']} must be odd (or 0 for no conv residual)")
-    if cfg["dilations"] is not None:
+    if isinstance(cfg["dilations"], str):
         try:
-            cfg["dilations"] = [int(d) for d in str(cfg["dilations"]).split(",")]
+            cfg["dilations"] = [int(d) for d in cfg["dilations"].split(",")]
         except ValueError:
             fail(f"--dilations '{cfg['dilations']}' is not a comma-separated list of whole numbers")
+    if cfg["dilations"] is not None:
         if min(cfg["dilations"]) < 1 or len(set(cfg["dilations"])) < 2:
             fail(f"--dilations {','.join(map(str, cfg['dilations']))} needs at least two different dilations, each at least 1")
     if args.attention == "performer" and cfg["performer_features"] is None:
@@ -359,7 +360,8 @@ def build_run_model(cfg, data, backend="sdpa"):
     torch.manual_seed(cfg["seed"])
     if cfg["arch"] in RESNET_PRESETS:
         return build_model(cfg["arch"], data["num_classes"], data["x_train"].shape[-1], stages=cfg["stages"])
-    options = {k: cfg[k] for k, (_, kinds) in ATTENTION_OPTIONS.items() if cfg["attention"] in kinds}
+    # .get: a run from before an option existed used its default
+    options = {k: cfg.get(k, default) for k, (default, kinds) in ATTENTION_OPTIONS.items() if cfg["attention"] in kinds}
     options["backend"] = backend
     kw = dict(pool=cfg["pool"], attention=cfg["attention"], attention_options=options, spt=cfg.get("spt", False),
               dropout=cfg["dropout"], drop_path=cfg["drop_path"])
