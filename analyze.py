@@ -22,7 +22,8 @@ import matplotlib.ticker  # noqa: E402
 # Config keys that do not define what was trained: runs that differ only in these are seeds of one group.
 NOT_GROUP_KEYS = {"seed", "out", "command", "git_commit", "device", "resumes", "data_dir", "resume", "overwrite",
                   "progress", "stop_after_steps", "no_download", "versions", "amp_active", "normalization",
-                  "counts_per_class", "sizes", "class_names", "params", "world_size"}
+                  "counts_per_class", "sizes", "class_names", "params", "world_size",
+                  "attention_backend", "attention_backend_used"}  # sdpa and flex compute the same attention
 BASE_ARCHS = ("vit", "resnet18")
 
 
@@ -62,11 +63,16 @@ def load_runs(roots):
     return runs, skipped
 
 
+def group_dict(cfg):
+    """The config keys that define what was trained; None and False count as absent (older runs lack those keys)."""
+    return {k: v for k, v in cfg.items() if k not in NOT_GROUP_KEYS and v is not None and v is not False}
+
+
 def group_runs(runs):
     """Groups of runs that differ only by seed, each a dict with cfg (of its first run) and its runs."""
     groups = {}
     for run in runs:
-        key = json.dumps({k: v for k, v in run["cfg"].items() if k not in NOT_GROUP_KEYS}, sort_keys=True)
+        key = json.dumps(group_dict(run["cfg"]), sort_keys=True)
         groups.setdefault(key, dict(cfg=run["cfg"], runs=[]))["runs"].append(run)
     for g in groups.values():
         g["runs"].sort(key=lambda r: r["cfg"].get("seed", 0))
@@ -80,7 +86,7 @@ def group_runs(runs):
         for g in same:
             g["cell"] += " [" + ", ".join(f"{k}={setting_dict(g['cfg']).get(k)}" for k in keys) + "]" if keys else ""
     for same in buckets(groups.values(), lambda g: (g["cell"], g["model"])):
-        keys = differing([{k: v for k, v in g["cfg"].items() if k not in NOT_GROUP_KEYS} for g in same])
+        keys = differing([group_dict(g["cfg"]) for g in same])
         for g in same:
             g["model"] += " [" + ", ".join(f"{k}={g['cfg'].get(k)}" for k in keys) + "]" if keys else ""
     return list(groups.values())
@@ -101,12 +107,26 @@ def differing(dicts):
 
 def model_label(cfg):
     """What was trained: architecture, attention, and budget where they differ from the default."""
-    label = cfg["arch"]
-    if cfg.get("attention", "full") != "full":
-        label += f" {cfg['attention']} r={cfg.get('radius')}"
+    label = cfg["arch"] + attention_label(cfg)
     if cfg.get("time_budget"):
         label += f" {cfg['time_budget']:g}s"
     return label
+
+
+def attention_label(cfg):
+    """The attention part of a model label: '' for full attention, else e.g. ' dilated r=1 d=2' or ' lsa +spt (SL-ViT)'."""
+    kind, get = cfg.get("attention") or "full", cfg.get
+    text = {"full": "", "local": f" local r={get('radius')}", "dilated": f" dilated r={get('radius')} d={get('dilation')}",
+            "hybrid": f" hybrid r={get('radius')} d={','.join(map(str, get('dilations') or []))}",
+            "linformer": f" linformer k={get('linformer_k')}", "performer": f" performer m={get('performer_features')}",
+            "nystrom": f" nystrom m={get('landmarks')}", "lsa": " lsa"}.get(kind, f" {kind}")
+    if get("window_shape") == "circle":
+        text += " circle"
+    if kind == "linformer" and get("linformer_share") not in (None, "heads"):
+        text += f" share={get('linformer_share')}"
+    if get("spt"):
+        text += " +spt (SL-ViT)" if kind == "lsa" else " +spt"
+    return text
 
 
 def cell_label(cfg):
@@ -258,6 +278,41 @@ def plot_bars(groups, out, name, title, key="test_acc", ylabel="test accuracy (%
     return save(fig, out, name)
 
 
+def plot_model_bars(groups, out, name, title):
+    """Test accuracy of one data cell's models side by side, error bars = std over seeds, a dashed line at vit's mean."""
+    fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(groups)), 4.5))
+    ax.bar(range(len(groups)), [100 * metric(g, "test_acc")[0] for g in groups], yerr=[100 * metric(g, "test_acc")[1] for g in groups],
+           capsize=3, color=[family_color(g["cfg"]["arch"]) for g in groups])
+    full = next((g for g in groups if g["model"] == "vit"), None)
+    if full:
+        ax.axhline(100 * metric(full, "test_acc")[0], ls="--", color="grey", lw=1, label="vit (full attention)")
+        ax.legend(fontsize=8)
+    ax.set_xticks(range(len(groups)), [g["model"] for g in groups], rotation=30, ha="right", fontsize=8)
+    ax.set(ylabel="test accuracy (%)", title=title)
+    return save(fig, out, name)
+
+
+def accuracy_line(ax, pts, style, color, label):
+    """Mean test accuracy of [(x, group)] against x, with a ± std band over seeds."""
+    xs = [x for x, _ in pts]
+    mean = [100 * metric(g, "test_acc")[0] for _, g in pts]
+    std = [100 * metric(g, "test_acc")[1] for _, g in pts]
+    ax.plot(xs, mean, style, color=color, label=label)
+    ax.fill_between(xs, [a - s for a, s in zip(mean, std)], [a + s for a, s in zip(mean, std)], color=color, alpha=0.2)
+
+
+def accuracy_errorbar(ax, xs, groups, **style):
+    """Mean test accuracy of the groups at xs, error bars = std over seeds."""
+    ax.errorbar(xs, [100 * metric(g, "test_acc")[0] for g in groups], yerr=[100 * metric(g, "test_acc")[1] for g in groups],
+                capsize=3, **style)
+
+
+def pareto_front(pts):
+    """The (cost, accuracy, ...) points no other point beats (as cheap and more accurate, or cheaper and as accurate), by cost."""
+    front = [p for p in pts if not any(q[0] <= p[0] and q[1] > p[1] or q[0] < p[0] and q[1] >= p[1] for q in pts)]
+    return sorted(front, key=lambda p: p[0])
+
+
 def crossings(xs, ya, yb):
     """x positions (log-linear interpolation) where curve a - b changes sign between neighbouring points."""
     found = []
@@ -273,7 +328,9 @@ def crossings(xs, ya, yb):
 
 # Config keys of the model and its optimiser: what stays the same across one data-efficiency curve is the rest.
 MODEL_KEYS = {"arch", "depth", "dim", "heads", "patch_size", "mlp_ratio", "pool", "attention", "radius", "dropout",
-              "drop_path", "stages", "opt", "lr", "weight_decay", "momentum", "warmup_epochs", "no_amp", "amp"}
+              "drop_path", "stages", "opt", "lr", "weight_decay", "momentum", "warmup_epochs", "no_amp", "amp",
+              "spt", "window_shape", "dilation", "dilations", "linformer_k", "linformer_share", "performer_features",
+              "redraw_interval", "landmarks", "pinv_iters", "nystrom_conv"}
 
 
 def setting_dict(cfg):
@@ -324,11 +381,7 @@ def section_data_efficiency(groups, out):
             pts = sorted(lines.get((key, m), []), key=lambda p: p[0])
             if not pts:
                 continue
-            xs = [n for n, _ in pts]
-            mean = [100 * metric(g, "test_acc")[0] for _, g in pts]
-            std = [100 * metric(g, "test_acc")[1] for _, g in pts]
-            ax.plot(xs, mean, "o-" if i == 0 else "s--", color=COLORS[m], label=f"{m} ({name})")
-            ax.fill_between(xs, [a - s for a, s in zip(mean, std)], [a + s for a, s in zip(mean, std)], color=COLORS[m], alpha=0.2)
+            accuracy_line(ax, pts, "o-" if i == 0 else "s--", COLORS[m], f"{m} ({name})")
             by_arch[m] = {n: g for n, g in pts}
         common = sorted(set(by_arch.get("vit", {})) & set(by_arch.get("resnet18", {})))
         if not common:
@@ -376,31 +429,270 @@ def section_shallow(groups, out):
                         *curves(gs, out, "shallow"), findings(sentences)])
 
 
+def windowed(g):
+    """A ViT with a local or dilated window (no SPT, no time budget): the runs of the locality experiment."""
+    cfg = g["cfg"]
+    return cfg["arch"] == "vit" and cfg.get("attention") in ("local", "dilated") and not cfg.get("spt") and not cfg.get("time_budget")
+
+
 def section_locality(groups, out):
-    """ViT accuracy against attention radius, one line per data cell; full attention as the widest radius."""
-    gs = [g for g in groups if g["cfg"]["arch"] == "vit" and not g["cfg"].get("time_budget")]
-    local_cells = {g["cell"] for g in gs if g["cfg"].get("attention") == "local"}
-    if not local_cells:
+    """ViT accuracy against attention radius per data cell (full attention as the widest radius), and against data fraction."""
+    cells = {g["cell"] for g in groups if windowed(g)}
+    if not cells:
         return None
-    gs = [g for g in gs if g["cell"] in local_cells]
+    gs = [g for g in groups if g["cell"] in cells and (windowed(g) or g["model"] == "vit")]
     fig, ax = plt.subplots(figsize=(6, 4))
     sentences = []
-    for i, c in enumerate(sorted(local_cells)):
+    for i, c in enumerate(sorted(cells)):
         cg = [g for g in gs if g["cell"] == c]
         grid = cg[0]["cfg"]["image_size"] // cg[0]["cfg"]["patch_size"]
-        radius = lambda g: g["cfg"]["radius"] if g["cfg"].get("attention") == "local" else grid - 1
-        cg.sort(key=radius)
-        mean = [100 * metric(g, "test_acc")[0] for g in cg]
-        std = [100 * metric(g, "test_acc")[1] for g in cg]
-        ax.errorbar([radius(g) for g in cg], mean, yerr=std, marker="o", capsize=3, label=c, color=f"C{i}")
+        # A dilated window reaches radius x dilation patches, though it sees fewer of them.
+        reach = lambda g: g["cfg"]["radius"] * (g["cfg"].get("dilation") or 1) if windowed(g) else grid - 1
+        line = sorted([g for g in cg if g["cfg"].get("attention") != "dilated"], key=reach)
+        accuracy_errorbar(ax, [reach(g) for g in line], line, marker="o", label=c, color=f"C{i}")
+        dilated = [g for g in cg if g["cfg"].get("attention") == "dilated"]
+        if dilated:
+            accuracy_errorbar(ax, [reach(g) for g in dilated], dilated, marker="s", ls="none", color=f"C{i}",
+                              label=f"{c}, dilated (at radius x dilation)")
         ranked = sorted(cg, key=lambda g: -metric(g, "test_acc")[0])
         sentences.append(f"On {c}, by mean test accuracy: " + ", ".join(f"{g['model']} {fmt(g, 'test_acc')}" for g in ranked) +
                          "." + (" Top two: " + compare(ranked[0], ranked[1]) if len(ranked) > 1 else ""))
     ax.set(xlabel=f"attention radius (patches; {grid - 1} = whole grid = full attention)", ylabel="test accuracy (%)",
            title="ViT accuracy against attention locality")
     ax.legend(fontsize=8)
-    return "\n\n".join([table(sorted(gs, key=lambda g: (g["cell"], g["model"])), ACC_COLUMNS),
-                        f"![locality]({save(fig, out, 'locality')})", *curves(gs, out, "locality"), findings(sentences)])
+    text = [table(sorted(gs, key=lambda g: (g["cell"], g["model"])), ACC_COLUMNS), f"![locality]({save(fig, out, 'locality')})"]
+    text += [locality_fractions(groups, out) or "", *curves(gs, out, "locality"), findings(sentences)]
+    return "\n\n".join(t for t in text if t)
+
+
+def locality_fractions(groups, out):
+    """Markdown image of accuracy against data fraction per window, beside vit and resnet18; None if no window ran at two fractions."""
+    fraction = lambda g: {"standard": 1.0, "sparse": g["cfg"].get("fraction")}.get(g["cfg"]["regime"])
+    lines = {}  # (training setting, model) -> [(fraction, group)]
+    for g in groups:
+        if fraction(g) and (windowed(g) or g["model"] in BASE_ARCHS):
+            lines.setdefault((setting(g["cfg"]), g["model"]), []).append((fraction(g), g))
+    if not any(len(pts) > 1 for (_, m), pts in lines.items() if m not in BASE_ARCHS):
+        return None
+    settings = sorted({k for (k, m), pts in lines.items() if m not in BASE_ARCHS and len(pts) > 1})
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for i, key in enumerate(settings):
+        models = sorted((m for k, m in lines if k == key), key=lambda m: (m not in BASE_ARCHS, m))
+        for j, m in enumerate(models):
+            name = m + (f" ({json.loads(key)['dataset']} #{i + 1})" if len(settings) > 1 else "")
+            accuracy_line(ax, sorted(lines[key, m], key=lambda p: p[0]), "o-" if m in BASE_ARCHS else "s--",
+                          COLORS.get(m, f"C{j + 2}"), name)
+    fractions = sorted({f for (k, _), pts in lines.items() if k in settings for f, _ in pts})
+    ax.set(xscale="log", xlabel="share of the training set (log scale; 100% = standard)", ylabel="test accuracy (%)",
+           title="Windowed attention against data fraction (± std over seeds)")
+    ax.set_xticks(fractions, [f"{100 * f:g}%" for f in fractions], fontsize=8)
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.legend(fontsize=7)
+    return f"![locality against data fraction]({save(fig, out, 'locality_fractions')})"
+
+
+def is_variant(g):
+    """A ViT with an attention other than full, or with SPT (no time budget)."""
+    cfg = g["cfg"]
+    return cfg["arch"] == "vit" and not cfg.get("time_budget") and ((cfg.get("attention") or "full") != "full" or bool(cfg.get("spt")))
+
+
+VARIANT_COLUMNS = [("test acc %", ACC_COLUMNS[0][1]), ("params", ACC_COLUMNS[4][1]),
+                   ("GFLOPs", lambda g: fmt(g, "flops_per_image", 1e-9, 3)), ("latency ms", lambda g: fmt(g, "latency_ms", 1, 2)),
+                   ("peak memory MB", lambda g: fmt(g, "peak_memory_mb", 1, 0)), ("train s", ACC_COLUMNS[5][1])]
+COST_AXES = [("latency_ms", "latency (ms, batch 1)"), ("flops_per_image", "forward FLOPs per image"),
+             ("peak_memory_mb", "peak training memory (MB)")]
+
+
+def section_attention_variants(groups, out):
+    """Per data cell, every attention variant beside full attention and resnet18: accuracy, then accuracy against cost."""
+    cells = sorted({g["cell"] for g in groups if is_variant(g)})
+    if not cells:
+        return None
+    text = []
+    for c in cells:
+        gs = sorted((g for g in groups if g["cell"] == c and (is_variant(g) or g["model"] in BASE_ARCHS)),
+                    key=lambda g: (g["model"] not in BASE_ARCHS, g["model"]))
+        full = next((g for g in gs if g["model"] == "vit"), None)
+        text += [f"### {c}", table(gs, VARIANT_COLUMNS),
+                 f"![attention variants {c}]({plot_model_bars(gs, out, f'attention_variants_{slug(c)}', f'Test accuracy by attention: {c}')})",
+                 findings([compare(g, full) for g in gs if is_variant(g)] if full else
+                          [f"No full-attention vit ran on {c}: nothing to compare the variants with."]),
+                 cost_fronts(gs, out, c)]
+    return "\n\n".join(text)
+
+
+def cost_fronts(gs, out, cell):
+    """Accuracy against latency, FLOPs and (where measured) peak memory for one cell's groups, each Pareto front drawn and listed."""
+    panels, sentences = [], []
+    for key, label in COST_AXES:
+        pts = [(metric(g, key)[0], 100 * metric(g, "test_acc")[0], g) for g in gs if metric(g, "test_acc")[0] is not None]
+        unmeasured = [g["model"] for x, _, g in pts if x is None]
+        if unmeasured:
+            sentences.append(f"No {label} for {', '.join(unmeasured)}" +
+                             (" (it is measured on CUDA only; these runs were on CPU)." if key == "peak_memory_mb" else "."))
+        pts = [p for p in pts if p[0] is not None]
+        if pts:
+            panels.append((label, pts))
+            sentences.append(f"Pareto front of test accuracy against {label}: " +
+                             ", ".join(f"{g['model']} ({y:.1f}%, {x:.3g})" for x, y, g in pareto_front(pts)) + ".")
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 4), squeeze=False)
+    for ax, (label, pts) in zip(axes[0], panels):
+        for x, y, g in pts:
+            ax.scatter(x, y, color=family_color(g["cfg"]["arch"]), s=18)
+            ax.annotate(g["model"], (x, y), xytext=(3, 3), textcoords="offset points", fontsize=6)
+        front = pareto_front(pts)
+        ax.plot([p[0] for p in front], [p[1] for p in front], "k--", lw=1, label="Pareto front")
+        ax.set(xlabel=label, ylabel="test accuracy (%)", title=f"Accuracy vs {label.split(' (')[0]}")  # linear: one cell spans little
+        ax.legend(fontsize=8)
+    fig.suptitle(cell, fontsize=9)
+    path = save(fig, out, f"attention_cost_{slug(cell)}")
+    return f"![accuracy against cost {cell}]({path})\n\n**Accuracy against cost.** " + " ".join(sentences)
+
+
+def find_benches(roots):
+    """Every bench-attention.json under roots as (path, contents), in path order."""
+    found = []
+    for root in roots:
+        for folder, _, files in sorted(os.walk(root)):
+            if "bench-attention.json" in files:
+                with open(os.path.join(folder, "bench-attention.json")) as f:
+                    found.append((os.path.join(folder, "bench-attention.json"), json.load(f)))
+    return found
+
+
+def bench_value(row, key):
+    """A benchmark row's median (for the *_ms timings) or value; None where it failed or was not measured."""
+    value = None if row.get("error") else row.get(key)
+    return value["median"] if isinstance(value, dict) else value
+
+
+def growth_pair(tokens):
+    """The token counts the growth column compares: 1025 and 4097 when both ran (a 4x step), else the two largest."""
+    if 1025 in tokens and 4097 in tokens:
+        return 1025, 4097
+    return tuple(sorted(tokens)[-2:]) if len(tokens) > 1 else None
+
+
+def growth_words(exponent):
+    """How a cost that grows as T^exponent scales, in words."""
+    if exponent < 0.5:
+        return "nearly flat: fixed overheads dominate at these sizes"
+    if exponent < 1.5:
+        return "about linear in the token count"
+    return "about quadratic in the token count" if exponent < 2.5 else "faster than quadratic"
+
+
+def section_attention_scaling(benches, out):
+    """Time and peak memory of every attention variant against token count, from bench-attention.json files."""
+    if not benches:
+        return None
+    text = []
+    for i, (path, bench) in enumerate(benches):
+        settings = ", ".join(f"{k}={v}" for k, v in sorted(bench.get("settings", {}).items()))
+        text.append(f"`{path}` on {bench.get('device')} (torch {bench.get('versions', {}).get('torch')}, commit "
+                    f"{bench.get('git_commit')}); settings: {settings}.")
+        for scope in dict.fromkeys(r["scope"] for r in bench["results"]):
+            rows = [r for r in bench["results"] if r["scope"] == scope]
+            name = f"attention_scaling_{scope}" + (f"_{i + 1}" if len(benches) > 1 else "")
+            what = "one attention layer" if scope == "layer" else "the whole ViT"
+            path_png = plot_scaling(rows, out, name, f"Attention cost, {what} ({bench.get('device')})")
+            text += [f"Scope `{scope}` ({what}):", f"![attention cost {scope}]({path_png})", *scaling_summary(rows)]
+    return "\n\n".join(text)
+
+
+def plot_scaling(rows, out, name, title):
+    """Log-log forward+backward time (and peak memory where measured) against tokens, one line per variant, T and T^2 references."""
+    variants = list(dict.fromkeys(r["variant"] for r in rows))
+    panels = [("forward_backward_ms", "forward+backward ms (median; bars: min-max)"),
+              ("forward_backward_peak_memory_mb", "forward+backward peak memory (MB)")]
+    panels = [p for p in panels if any(bench_value(r, p[0]) is not None for r in rows)]
+    n = max(1, len(panels))  # one empty panel when every size failed
+    fig, axes = plt.subplots(1, n, figsize=(6 * n, 4.5), squeeze=False)
+    for ax, (key, label) in zip(axes[0], panels):
+        lines = {v: sorted((r for r in rows if r["variant"] == v and bench_value(r, key) is not None), key=lambda r: r["tokens"])
+                 for v in variants}
+        for j, (v, pts) in enumerate(lines.items()):
+            xs, ys = [r["tokens"] for r in pts], [bench_value(r, key) for r in pts]
+            spread = None if not key.endswith("_ms") else [[y - r[key]["min"] for y, r in zip(ys, pts)],
+                                                           [r[key]["max"] - y for y, r in zip(ys, pts)]]
+            ax.errorbar(xs, ys, yerr=spread, marker="o", ms=4, capsize=2, color=f"C{j}", label=v)
+        # References through the first point of full attention (else of the first variant that ran).
+        first = next(pts for pts in ([lines.get("full", [])] + list(lines.values())) if pts)[0]
+        x0, y0 = first["tokens"], bench_value(first, key)
+        tokens = sorted({r["tokens"] for pts in lines.values() for r in pts})
+        ax.plot(tokens, [y0 * (t / x0) ** 2 for t in tokens], "--", color="black", lw=1, label="∝ T²")
+        ax.plot(tokens, [y0 * t / x0 for t in tokens], "--", color="grey", lw=1, label="∝ T")
+        ax.set(xscale="log", yscale="log", xlabel="tokens (log scale)", ylabel=label, title=title)
+        ax.legend(fontsize=7)
+    return save(fig, out, name)
+
+
+def scaling_summary(rows):
+    """Markdown table variant x tokens of forward+backward median ms with a growth column, and one sentence per variant."""
+    variants = list(dict.fromkeys(r["variant"] for r in rows))
+    tokens = sorted({r["tokens"] for r in rows})
+    pair = growth_pair(tokens)
+    lines = ["| variant | " + " | ".join(f"{t:,} tokens" for t in tokens) + (f" | growth {pair[0]:,}→{pair[1]:,} |" if pair else " |"),
+             "|---|" + "---|" * (len(tokens) + bool(pair))]
+    sentences = []
+    for v in variants:
+        ms = {r["tokens"]: bench_value(r, "forward_backward_ms") for r in rows if r["variant"] == v}
+        errors = {r["tokens"]: r["error"] for r in rows if r["variant"] == v and r.get("error")}
+        cells = [errors.get(t) or ("-" if ms.get(t) is None else f"{ms[t]:.2f}") for t in tokens]
+        small, large = (ms.get(pair[0]), ms.get(pair[1])) if pair else (None, None)
+        if small and large:
+            ratio, exponent = large / small, math.log(large / small) / math.log(pair[1] / pair[0])
+            cells.append(f"{ratio:.1f}x")
+            sentences.append(f"{v}: {small:.2f} ms at {pair[0]:,} tokens, {large:.2f} ms at {pair[1]:,} ({ratio:.1f}x for "
+                             f"{pair[1] / pair[0]:.1f}x the tokens): grows as T^{exponent:.1f}, {growth_words(exponent)}.")
+        elif pair:
+            cells.append("-")
+            missing = [f"{t:,} tokens" + (f" ({errors[t]})" if t in errors else "") for t in pair if ms.get(t) is None]
+            sentences.append(f"{v}: no growth figure, no time at {' and '.join(missing)}.")
+        lines.append(f"| {v} | " + " | ".join(cells) + " |")
+    return ["\n".join(lines), "**Findings.** " + " ".join(sentences) if sentences else "One token count only: no growth to measure."]
+
+
+def head_distances(g):
+    """Per block, per head: mean attention distance (patches) over the group's seeds; None if no seed measured it."""
+    maps = [r["final"].get("attention_distance") for r in g["runs"]]
+    maps = [m for m in maps if m]
+    if not maps:
+        return None
+    return [[stats([m[b][h] for m in maps])[0] for h in range(len(maps[0][b]))] for b in range(len(maps[0]))]
+
+
+def section_attention_distance(groups, out):
+    """Mean attention distance per block and head, for the models with explicit softmax weights."""
+    gs = sorted((g for g in groups if head_distances(g)), key=lambda g: (g["cell"], g["model"]))
+    if not gs:
+        return None
+    per_block = lambda g: [stats(heads)[0] for heads in head_distances(g)]  # mean over heads
+    cols = min(4, len(gs))
+    fig, axes = plt.subplots(math.ceil(len(gs) / cols), cols, figsize=(3.2 * cols, 2.8 * math.ceil(len(gs) / cols)),
+                             squeeze=False, sharey=True)
+    for ax, g in zip(axes.flat, gs):
+        for b, heads in enumerate(head_distances(g)):
+            ax.scatter([b + 1] * len(heads), heads, s=10, alpha=0.6, color=family_color(g["cfg"]["arch"]))
+        blocks = range(1, len(per_block(g)) + 1)
+        ax.plot(blocks, per_block(g), "k-", lw=1, label="mean over heads")
+        ax.set(xlabel="block", ylabel="distance (patches)", xticks=blocks)
+        ax.set_title(f"{g['model']}\n{g['cell']}", fontsize=8)
+    for ax in list(axes.flat)[len(gs):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=7)
+    depth = max(len(per_block(g)) for g in gs)
+    columns = [(f"block {b + 1}", lambda g, b=b: f"{per_block(g)[b]:.2f}" if b < len(per_block(g)) else "-") for b in range(depth)]
+    sentences = []
+    for c in dict.fromkeys(g["cell"] for g in gs):
+        ranked = sorted((g for g in gs if g["cell"] == c), key=lambda g: -per_block(g)[-1])
+        sentences.append(f"On {c}, in the last block the heads of {ranked[0]['model']} attend farthest on average: "
+                         f"{per_block(ranked[0])[-1]:.2f} patches" +
+                         (", against " + ", ".join(f"{per_block(g)[-1]:.2f} for {g['model']}" for g in ranked[1:]) if ranked[1:] else
+                          " (the only model measured there)") + ".")
+    return "\n\n".join(["Mean attention distance in patches (mean over seeds and heads; dots in the plot: single heads):\n\n" +
+                         table(gs, columns), f"![attention distance]({save(fig, out, 'attention_distance')})", findings(sentences)])
 
 
 def section_imbalanced(groups, out):
@@ -489,8 +781,7 @@ def section_cost(groups, out):
         pts = [(metric(g, key)[0] * scale, 100 * metric(g, "test_acc")[0], g) for g in groups if g["cfg"]["regime"] == "standard"]
         for x, y, g in pts:
             ax.scatter(x, y, color=family_color(g["cfg"]["arch"]), s=18)
-        front = [p for p in pts if not any(q[0] <= p[0] and q[1] > p[1] or q[0] < p[0] and q[1] >= p[1] for q in pts)]
-        front.sort(key=lambda p: p[0])
+        front = pareto_front(pts)
         ax.plot([p[0] for p in front], [p[1] for p in front], "k--", lw=1, label="Pareto front")
         ax.set(xscale="log", xlabel=f"{label} (log scale)", ylabel="test accuracy (%)", title=f"Accuracy vs {label} (standard data)")
         ax.legend(fontsize=8, handles=[plt.Line2D([], [], color=c, marker="o", ls="", label=f"{a} variants") for a, c in COLORS.items()] +
@@ -539,29 +830,41 @@ def section_convergence(groups, out):
 
 
 SECTIONS = [("Regimes", section_regimes), ("Data efficiency", section_data_efficiency), ("Shallow networks", section_shallow),
-            ("Attention locality", section_locality), ("Imbalanced data", section_imbalanced),
+            ("Attention locality", section_locality), ("Attention variants", section_attention_variants),
+            ("Attention cost scaling", section_attention_scaling), ("Attention distance", section_attention_distance),
+            ("Imbalanced data", section_imbalanced),
             ("Corruptions", section_corruption), ("Matched budgets", section_matched), ("Cost", section_cost),
             ("Convergence", section_convergence)]
 
 
+def load_groups(roots):
+    """(groups sorted by data cell and model, finished runs, unfinished runs skipped) of every run under roots."""
+    runs, skipped = load_runs(roots)
+    return sorted(group_runs(runs), key=lambda g: (g["cell"], g["model"])), len(runs), skipped
+
+
 def write_report(roots, out):
     """Load, group, plot and write out/report.md; returns the report text."""
-    runs, skipped = load_runs(roots)
-    groups = sorted(group_runs(runs), key=lambda g: (g["cell"], g["model"]))
-    parts = ["# ViT vs CNN: report", f"{len(runs)} finished runs in {len(groups)} groups (runs that differ only by "
+    groups, n_runs, skipped = load_groups(roots)
+    parts = ["# ViT vs CNN: report", f"{n_runs} finished runs in {len(groups)} groups (runs that differ only by "
              f"seed); {skipped} unfinished runs skipped. Numbers are mean ± standard deviation over seeds, accuracies "
              "in percent. A gap counts as a finding only when it is larger than the two groups' standard deviations "
              "added together."]
     for title, section in SECTIONS:
-        body = section(groups, out) if groups else None
-        parts.append(f"## {title}\n\n" + (body or "No runs for this section yet (see run_all.sh)."))
+        if section is section_attention_scaling:  # the one section built from benchmark files, not run folders
+            body = section(find_benches(roots), out)
+            missing = "No runs for this section yet (see run_all.sh, or run `python evaluate.py bench-attention`)."
+        else:
+            body = section(groups, out) if groups else None
+            missing = "No runs for this section yet (see run_all.sh)."
+        parts.append(f"## {title}\n\n" + (body or missing))
     text = "\n\n".join(parts) + "\n"
     os.makedirs(out, exist_ok=True)
     tmp = os.path.join(out, f"report.md.tmp{os.getpid()}")
     with open(tmp, "w") as f:
         f.write(text)
     os.replace(tmp, os.path.join(out, "report.md"))
-    return text, len(runs), skipped
+    return text, n_runs, skipped
 
 
 def main(argv=None):

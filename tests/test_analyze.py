@@ -9,8 +9,9 @@ import analyze
 from conftest import ROOT
 
 
-def fake_run(root, name, seed, test_acc, arch="vit", regime="standard", train_size=1000, finished=True, **cfg_extra):
-    """Write a run folder with the given numbers (and plausible others) as train.py would."""
+def fake_run(root, name, seed, test_acc, arch="vit", regime="standard", train_size=1000, finished=True, final_extra=None,
+             **cfg_extra):
+    """Write a run folder with the given numbers (and plausible others) as train.py would; final_extra updates final.json."""
     out = os.path.join(root, f"{name}-s{seed}")
     os.makedirs(out)
     cfg = dict(arch=arch, regime=regime, dataset="cifar10", attention="full", radius=1, time_budget=None,
@@ -28,6 +29,7 @@ def fake_run(root, name, seed, test_acc, arch="vit", regime="standard", train_si
                      per_class_recall=[test_acc] * 10, params=1000 if arch == "vit" else 2000, flops_per_image=1e6,
                      throughput_images_per_s=100.0, latency_ms=1.0, train_time_s=20.0, epochs=2, best_val_acc=test_acc,
                      epochs_to={"0.5": 1, "0.9": None}, seconds_to={"0.5": 10.0, "0.9": None})
+        final.update(final_extra or {})
         json.dump(final, open(os.path.join(out, "final.json"), "w"))
 
 
@@ -135,6 +137,145 @@ def test_locality_imbalance_corruption_and_time_sections(tmp_path):
     assert os.path.exists(tmp_path / "out" / "plots" / "corruption.png")
 
 
+def section(tmp_path, fn):
+    """One report section's text on the runs under tmp_path (plots in tmp_path/out), without the rest of the report."""
+    groups, _, _ = analyze.load_groups([str(tmp_path)])
+    return fn(groups, str(tmp_path / "out"))
+
+
+@pytest.mark.parametrize("cfg,label", [
+    (dict(attention="full"), "vit"),
+    (dict(attention="full", spt=True), "vit +spt"),
+    (dict(attention="local", radius=2, window_shape="square"), "vit local r=2"),
+    (dict(attention="local", radius=2, window_shape="circle"), "vit local r=2 circle"),
+    (dict(attention="dilated", radius=1, dilation=2), "vit dilated r=1 d=2"),
+    (dict(attention="hybrid", radius=1, dilations=[1, 2, 4]), "vit hybrid r=1 d=1,2,4"),
+    (dict(attention="linformer", linformer_k=64, linformer_share="heads"), "vit linformer k=64"),
+    (dict(attention="linformer", linformer_k=16, linformer_share="kv"), "vit linformer k=16 share=kv"),
+    (dict(attention="performer", performer_features=111), "vit performer m=111"),
+    (dict(attention="nystrom", landmarks=16), "vit nystrom m=16"),
+    (dict(attention="lsa"), "vit lsa"),
+    (dict(attention="lsa", spt=True), "vit lsa +spt (SL-ViT)"),
+    (dict(attention="local", radius=1, time_budget=20.0), "vit local r=1 20s"),
+    (dict(arch="resnet18", attention="full", spt=False, radius=None), "resnet18"),
+])
+def test_model_label_names_every_attention_variant(cfg, label):
+    assert analyze.model_label({"arch": "vit", **cfg}) == label
+
+
+def test_attention_variants_against_full_attention_and_their_cost_fronts(tmp_path):
+    # (accuracies of two seeds, latency ms): vit local r=1 is slower and less accurate than vit, so off the front.
+    models = {"vit": ({}, (0.80, 0.82), 1.0), "resnet18": (dict(arch="resnet18"), (0.70, 0.72), 0.5),
+              "local": (dict(attention="local", radius=1), (0.76, 0.78), 2.0),
+              "slvit": (dict(attention="lsa", spt=True, radius=None), (0.85, 0.89), 3.0)}
+    for name, (cfg, accs, latency) in models.items():
+        for seed, acc in enumerate(accs):
+            fake_run(tmp_path, name, seed, acc, final_extra=dict(latency_ms=latency), **cfg)
+            if name in ("vit", "resnet18"):
+                fake_run(tmp_path, f"sparse-{name}", seed, acc, regime="sparse", fraction=0.1, **cfg)
+    text = section(tmp_path, analyze.section_attention_variants)
+    assert "### sparse" not in text  # no variant ran on sparse data
+    # Two seeds each: mean ± sample std, e.g. 0.85 and 0.89 -> 87.0 ± 2.8.
+    assert "| vit lsa +spt (SL-ViT) | standard (cifar10) | 2 | 87.0 ± 2.8 | 1,000 | 0.001 ± 0.000 | 3.00 ± 0.00 | - | 20 ± 0 |" in text
+    assert "| vit | standard (cifar10) | 2 | 81.0 ± 1.4 | 1,000 | 0.001 ± 0.000 | 1.00 ± 0.00 | - | 20 ± 0 |" in text
+    assert ("On standard (cifar10), vit reaches 81.0% test accuracy against 77.0% for vit local r=1, 4.0 points ahead; "
+            "the gap exceeds the seed-to-seed spread") in text
+    assert ("On standard (cifar10), vit lsa +spt (SL-ViT) reaches 87.0% test accuracy against 81.0% for vit, 6.0 points "
+            "ahead; the gap exceeds the seed-to-seed spread (std 2.8 and 1.4 points, 2 and 2 seeds)") in text
+    assert ("Pareto front of test accuracy against latency (ms, batch 1): resnet18 (71.0%, 0.5), vit (81.0%, 1), "
+            "vit lsa +spt (SL-ViT) (87.0%, 3).") in text
+    assert "Pareto front of test accuracy against forward FLOPs per image: vit lsa +spt (SL-ViT) (87.0%, 1e+06)." in text  # equal FLOPs
+    assert ("No peak training memory (MB) for resnet18, vit, vit local r=1, vit lsa +spt (SL-ViT) (it is measured on CUDA "
+            "only; these runs were on CPU).") in text
+    for png in ("attention_variants_standard_cifar10", "attention_cost_standard_cifar10"):
+        assert os.path.getsize(tmp_path / "out" / "plots" / f"{png}.png") > 1000
+
+
+def bench_row(variant, tokens, ms, scope="layer", error=None):
+    """A bench-attention.json result row: ms median with min/max 10% around it, memory 2 MB per ms."""
+    row = dict(variant=variant, scope=scope, grid=int((tokens - 1) ** 0.5), tokens=tokens, backend="sdpa", error=error)
+    if error is None:
+        row.update(forward_ms=dict(median=ms / 3, min=ms / 3, max=ms / 3, repeats=3), forward_peak_memory_mb=ms,
+                   forward_backward_ms=dict(median=ms, min=0.9 * ms, max=1.1 * ms, repeats=3),
+                   forward_backward_peak_memory_mb=2 * ms, flops=1000 * tokens)
+    return row
+
+
+def test_attention_cost_scaling_growth_from_a_benchmark_file(tmp_path):
+    report, _, _ = analyze.write_report([str(tmp_path)], str(tmp_path / "out"))
+    assert ("## Attention cost scaling\n\nNo runs for this section yet (see run_all.sh, or run "
+            "`python evaluate.py bench-attention`).") in report
+    rows = [bench_row("full", t, ms) for t, ms in ((65, 1.0), (257, 2.5), (1025, 10.0), (4097, 160.0))]
+    rows += [bench_row("local", t, ms) for t, ms in ((65, 1.0), (257, 2.0), (1025, 4.0), (4097, 16.0))]
+    rows += [bench_row("performer", 1025, 3.0), bench_row("performer", 4097, None, error="out of memory")]
+    rows += [bench_row("full", 65, 2.0, "model"), bench_row("full", 257, 8.0, "model")]
+    os.makedirs(tmp_path / "bench")
+    json.dump(dict(benchmark="attention", device="NVIDIA H100", settings=dict(grids=[8, 16, 32, 64], dim=256, heads=8),
+                   versions=dict(torch="2.14.1"), git_commit="abc123", command="evaluate.py bench-attention", results=rows),
+              open(tmp_path / "bench" / "bench-attention.json", "w"))
+    text = analyze.section_attention_scaling(analyze.find_benches([str(tmp_path)]), str(tmp_path / "out"))
+    assert "bench-attention.json` on NVIDIA H100 (torch 2.14.1, commit abc123); settings: dim=256, grids=[8, 16, 32, 64], heads=8." in text
+    # 160 / 10 ms = 16.0x for 4097 / 1025 = 4.0x the tokens: log 16 / log 4.0 = 2.0.
+    assert "| variant | 65 tokens | 257 tokens | 1,025 tokens | 4,097 tokens | growth 1,025→4,097 |" in text
+    assert "| full | 1.00 | 2.50 | 10.00 | 160.00 | 16.0x |" in text
+    assert "| performer | - | - | 3.00 | out of memory | - |" in text
+    assert "full: 10.00 ms at 1,025 tokens, 160.00 ms at 4,097 (16.0x for 4.0x the tokens): grows as T^2.0, about quadratic" in text
+    assert "local: 4.00 ms at 1,025 tokens, 16.00 ms at 4,097 (4.0x for 4.0x the tokens): grows as T^1.0, about linear" in text
+    assert "performer: no growth figure, no time at 4,097 tokens (out of memory)." in text
+    # Without 1,025 and 4,097 tokens the growth compares the two largest counts: 8 / 2 ms over 257 / 65 tokens.
+    assert "| variant | 65 tokens | 257 tokens | growth 65→257 |" in text and "| full | 2.00 | 8.00 | 4.0x |" in text
+    for png in ("attention_scaling_layer", "attention_scaling_model"):
+        assert os.path.getsize(tmp_path / "out" / "plots" / f"{png}.png") > 1000
+
+
+def test_attention_distance_per_block_and_the_farthest_model(tmp_path):
+    # Per seed, per block, per head: the table shows the mean over seeds and heads.
+    maps = {"vit": ([[1, 2], [3, 5]], [[1, 2], [3, 3]]), "local": ([[0.5, 1.5], [1, 1]], [[0.5, 1.5], [1, 1]])}
+    for name, cfg in (("vit", {}), ("local", dict(attention="local", radius=1))):
+        for seed, m in enumerate(maps[name]):
+            fake_run(tmp_path, name, seed, 0.8, final_extra=dict(attention_distance=m), **cfg)
+        # On sparse data the local model attends farther.
+        far = [[2, 2], [4, 4]] if name == "local" else [[1, 1], [2, 2]]
+        fake_run(tmp_path, f"sparse-{name}", 0, 0.5, regime="sparse", fraction=0.1, final_extra=dict(attention_distance=far), **cfg)
+    fake_run(tmp_path, "resnet18", 0, 0.8, arch="resnet18", final_extra=dict(attention_distance=None))
+    text = section(tmp_path, analyze.section_attention_distance)
+    assert "| vit | standard (cifar10) | 2 | 1.50 | 3.50 |" in text  # (1+2+1+2)/4, (3+5+3+3)/4
+    assert "| vit local r=1 | standard (cifar10) | 2 | 1.00 | 1.00 |" in text and "resnet18" not in text
+    assert ("On standard (cifar10), in the last block the heads of vit attend farthest on average: 3.50 patches, "
+            "against 1.00 for vit local r=1.") in text
+    assert ("On sparse 10% (cifar10), in the last block the heads of vit local r=1 attend farthest on average: 4.00 patches, "
+            "against 2.00 for vit.") in text
+    assert os.path.getsize(tmp_path / "out" / "plots" / "attention_distance.png") > 1000
+
+
+def test_backend_and_keys_missing_in_older_runs_do_not_split_groups(tmp_path):
+    fake_run(tmp_path, "local-sdpa", 0, 0.6, attention="local", attention_backend="auto", attention_backend_used="sdpa")
+    fake_run(tmp_path, "local-flex", 1, 0.7, attention="local", attention_backend="flex", attention_backend_used="flex")
+    fake_run(tmp_path, "vit-old", 0, 0.8)  # written before spt, dilation and the backend keys existed
+    fake_run(tmp_path, "vit-new", 1, 0.9, spt=False, dilation=None, linformer_k=None, attention_backend_used="sdpa")
+    fake_run(tmp_path, "resnet18", 0, 0.7, arch="resnet18", spt=False, attention_backend_used=None)
+    groups, n, _ = analyze.load_groups([str(tmp_path)])
+    # Sorted by model; the cell label names no differing key, so the backend is no setting either.
+    assert (n, len(groups)) == (5, 3) and analyze.table(groups, analyze.ACC_COLUMNS[:1]).splitlines()[2:] == [
+        "| resnet18 | standard (cifar10) | 1 | 70.0 (n=1) |", "| vit | standard (cifar10) | 2 | 85.0 ± 7.1 |",
+        "| vit local r=1 | standard (cifar10) | 2 | 65.0 ± 7.1 |"]
+
+
+def test_locality_plots_windows_against_data_fraction(tmp_path):
+    for regime in (dict(), dict(regime="sparse", fraction=0.1)):
+        prefix = regime.get("regime", "standard")
+        fake_run(tmp_path, f"{prefix}-vit", 0, 0.7, **regime)
+        fake_run(tmp_path, f"{prefix}-resnet18", 0, 0.75, arch="resnet18", **regime)
+        fake_run(tmp_path, f"{prefix}-local", 0, 0.72, attention="local", radius=1, **regime)
+        fake_run(tmp_path, f"{prefix}-dilated", 0, 0.6, attention="dilated", radius=1, dilation=2, **regime)
+        fake_run(tmp_path, f"{prefix}-lsa", 0, 0.9, attention="lsa", radius=None, **regime)  # not a window: not in locality
+    text = section(tmp_path, analyze.section_locality)
+    assert ("On sparse 10% (cifar10), by mean test accuracy: vit local r=1 72.0 (n=1), vit 70.0 (n=1), "
+            "vit dilated r=1 d=2 60.0 (n=1).") in text and "lsa" not in text
+    assert "![locality against data fraction](plots/locality_fractions.png)" in text
+    assert os.path.getsize(tmp_path / "out" / "plots" / "locality_fractions.png") > 1000
+
+
 def test_cli_help_and_bad_folder():
     help_text = subprocess.run(["python3", os.path.join(ROOT, "analyze.py"), "--help"], capture_output=True, text=True)
     assert help_text.returncode == 0 and "Runs whose configs differ only by seed form one group" in help_text.stdout
@@ -151,9 +292,15 @@ def run_all(*args, cwd=ROOT):
 def test_full_dry_run_prints_the_whole_grid_once(tmp_path):
     proc = run_all("--dry-run", "--runs", str(tmp_path))
     assert proc.returncode == 0, proc.stderr
-    cmds = proc.stdout.splitlines()
-    assert len(cmds) == len(set(cmds)) == 111  # 37 cells x 3 seeds, shared cells once
+    lines = proc.stdout.splitlines()
+    cmds = [line for line in lines if " train.py " in line]
+    # 73 cells x 3 seeds, shared cells once: regimes 10, data efficiency 12, shallow 4, locality 4 cells x 6,
+    # attention 6 + 6 + 8 (local1 and dilated1d2 shared with locality), vit-11m 1, matched time 2
+    assert len(cmds) == len(set(cmds)) == 219
     r = str(tmp_path)
+    assert f"python3 evaluate.py bench-attention --out {r}/bench/bench-attention.json" in lines and len(lines) == 220
+    assert f"python3 train.py --arch vit --epochs 200 --data-dir data --regime many-classes --attention lsa --spt --seed 2 --out {r}/vit-lsa-spt-many-classes-cifar100-s2" in cmds
+    assert f"python3 train.py --arch vit --epochs 200 --data-dir data --dataset cifar10 --regime sparse --fraction 0.02 --attention dilated --radius 1 --dilation 3 --seed 0 --out {r}/vit-dilated1d3-sparse-f0.02-cifar10-s0" in cmds
     assert f"python3 train.py --arch vit --epochs 200 --data-dir data --dataset cifar10 --regime sparse --fraction 0.01 --seed 2 --out {r}/vit-sparse-f0.01-cifar10-s2" in cmds
     assert f"python3 train.py --arch resnet18 --epochs 200 --data-dir data --regime many-classes --seed 0 --out {r}/resnet18-many-classes-cifar100-s0" in cmds
     assert f"python3 train.py --arch vit-11m --epochs 200 --data-dir data --dataset cifar10 --seed 1 --out {r}/vit-11m-standard-cifar10-s1" in cmds
@@ -161,8 +308,8 @@ def test_full_dry_run_prints_the_whole_grid_once(tmp_path):
     assert sum("--imbalance-ratio 100 " in c for c in cmds) == 6 and sum("--regime corrupted" in c for c in cmds) == 6
     timed = [c for c in cmds if "--time-budget 1200" in c]
     assert len(timed) == 6 and all("--epochs 1000 --warmup-epochs 50" in c for c in timed)
-    gpus = run_all("--dry-run", "--runs", r, "--gpus", "2", "--seeds", "5").stdout.splitlines()
-    assert len(gpus) == 37 and all(c.endswith("-s5") for c in gpus)
+    gpus = [c for c in run_all("--dry-run", "--runs", r, "--gpus", "2", "--seeds", "5").stdout.splitlines() if "train.py" in c]
+    assert len(gpus) == 73 and all(c.endswith("-s5") for c in gpus)
     assert all(c.startswith("torchrun --standalone --nproc_per_node=2 train.py") for c in gpus if "--time-budget" not in c)
     assert all(c.startswith("python3 train.py") for c in gpus if "--time-budget" in c)
 
@@ -173,8 +320,10 @@ def test_quick_dry_run_shrinks_the_grid_and_says_which_data(tmp_path):
     assert lines[0] == f"quick profile: no CIFAR-10 at {tmp_path}/none/cifar-10-batches-py, using the synthetic dataset"
     assert f"regimes: many-classes skipped, no CIFAR-100 at {tmp_path}/none/cifar-100-python" in lines
     cmds = [line for line in lines if "train.py" in line]
-    # regimes 8 (no many-classes) + sparse 4x2 + shallow 4 + local 2x2 + vit-11m 1 + time 2 = 27
-    assert len(cmds) == 27 and all("--dataset synthetic" in c and "--max-per-class 50" in c and c.endswith("-s0") for c in cmds)
+    # regimes 8 (no many-classes) + sparse 4x2 + shallow 4 + locality 2x3 + attention 2x6 + vit-11m 1 + time 2 = 41
+    assert "attention: CIFAR-100 cells skipped, no CIFAR-100 at " + f"{tmp_path}/none/cifar-100-python" in lines
+    assert sum(line.startswith("python3 evaluate.py bench-attention --depth 1 --dim 64 --heads 4 ") for line in lines) == 1
+    assert len(cmds) == 41 and all("--dataset synthetic" in c and "--max-per-class 50" in c and c.endswith("-s0") for c in cmds)
     assert any(c.startswith("python3 train.py --arch resnet18 --stages 2 --epochs 3") for c in cmds)
     assert any("--arch vit-shallow --depth 1 --dim 64 --heads 4" in c for c in cmds)
     (tmp_path / "data" / "cifar-10-batches-py").mkdir(parents=True)
