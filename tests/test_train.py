@@ -117,8 +117,10 @@ def test_unreadable_checkpoint_exits_2(tmp_path, exits_2):
     assert "--resume: cannot load" in exits_2([*BASE, "--out", str(out), "--resume"])
 
 
-def test_two_process_torchrun_matches_single_process(tmp_path):
-    args = [*TINY_VIT, *TINY_DATA, "--epochs", "2", "--drop-path", "0", "--batch-size", "32"]
+@pytest.mark.parametrize("extra", [[], ["--attention", "performer", "--redraw-interval", "4"]], ids=["full", "performer"])
+def test_two_process_torchrun_matches_single_process(tmp_path, extra):
+    # The performer redraws its features from a seeded generator, so both processes use the single process's.
+    args = [*TINY_VIT, *TINY_DATA, "--epochs", "2", "--drop-path", "0", "--batch-size", "32", *extra]
     _, single_rows, single_final = run_train(tmp_path / "one", *args)
     env = dict(os.environ, OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
@@ -126,7 +128,7 @@ def test_two_process_torchrun_matches_single_process(tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     cfg, rows, final = read_run(tmp_path / "two")
-    assert cfg["world_size"] == 2
+    assert cfg["world_size"] == 2 and len(rows) == len(single_rows) == 2
     for a, b in zip(rows, single_rows):
         assert a["val_acc"] == b["val_acc"]
         assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-4)
@@ -346,19 +348,3 @@ def test_performer_run_re_evaluates_to_the_same_metrics(tmp_path, capsys):
     evaluate.main([str(tmp_path / "p"), "--device", "cpu"])
     again = json.loads(capsys.readouterr().out)
     assert again["test_acc"] == final["test_acc"] and again["confusion"] == final["confusion"]
-
-
-def test_performer_under_torchrun_matches_single_process(tmp_path):
-    # Redrawn features come from a seeded generator, so both processes use the features of the single process.
-    args = [*TINY_VIT, *TINY_DATA, "--epochs", "2", "--drop-path", "0", "--attention", "performer", "--redraw-interval", "4"]
-    _, single_rows, single_final = run_train(tmp_path / "one", *args)
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           os.path.join(ROOT, "train.py"), *args, "--out", str(tmp_path / "two"), "--progress", "off"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    _, rows, final = read_run(tmp_path / "two")
-    for a, b in zip(rows, single_rows):
-        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
-        assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-4)
-    assert final["test_acc"] == single_final["test_acc"]
