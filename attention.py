@@ -78,11 +78,12 @@ def flex_block_mask(grid_h, grid_w, radius, cls_token, shape, dilation, device):
 @functools.lru_cache(maxsize=1)
 def compiled_flex_attention():
     """flex_attention compiled once: uncompiled it materialises the scores and is slow."""
-    # Each window (and sequence length) is a new compilation of the same function; past dynamo's recompile limit
-    # (8) it would silently run eagerly, materialising the scores. A sweep needs more, and past them: an error.
+    # Each window is a new compilation of the same function (batch sizes become dynamic after the first change);
+    # past dynamo's recompile limit (8) it would silently run eagerly, materialising the scores. Allow more,
+    # and past them fail loudly.
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
     torch._dynamo.config.fail_on_recompile_limit_hit = True
-    return torch.compile(flex_attention, dynamic=False)
+    return torch.compile(flex_attention)
 
 
 # ----------------------------------------------------------------------------- performer (FAVOR+)
@@ -198,6 +199,7 @@ class Attention(nn.Module):
             self.register_buffer("feature_seed", torch.randint(0, 2 ** 31 - 1, ()))  # drawn from the model seed
             self.register_buffer("train_calls", torch.zeros((), dtype=torch.long))
             self.register_buffer("features", orthogonal_features(m, head_dim, int(self.feature_seed) * 1000003))
+            self.host_calls = None  # train_calls mirrored on the host: reading a CUDA buffer every step would sync
         if kind == "nystrom":
             if landmarks > n_patches + cls_token:
                 raise ValueError(f"{landmarks} landmarks exceed the {n_patches + cls_token} tokens")
@@ -219,9 +221,13 @@ class Attention(nn.Module):
         mask = local_attention_mask(h, w, radius, self.cls_token, shape, dilation, q.device)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
+    def _load_from_state_dict(self, *args, **kwargs):
+        super()._load_from_state_dict(*args, **kwargs)
+        self.host_calls = None  # a loaded train_calls is read again at the next training call
+
     def redraw_features(self):
         """Performer: new random features for this many training calls; the same on every process (seeded)."""
-        draw = int(self.train_calls) // self.redraw_interval
+        draw = self.host_calls // self.redraw_interval
         w = orthogonal_features(*self.features.shape, int(self.feature_seed) * 1000003 + draw)
         self.features.copy_(w)
 
@@ -239,9 +245,11 @@ class Attention(nn.Module):
             y = self.linformer(q, k, v)
         elif self.kind == "performer":
             if self.training and self.redraw_interval:
-                calls = int(self.train_calls)
-                if calls and calls % self.redraw_interval == 0:
+                if self.host_calls is None:
+                    self.host_calls = int(self.train_calls)
+                if self.host_calls and self.host_calls % self.redraw_interval == 0:
                     self.redraw_features()
+                self.host_calls += 1
                 self.train_calls += 1
             with torch.autocast(x.device.type, enabled=False):  # exp of features needs float32
                 y = performer_attention(at_least_fp32(q), at_least_fp32(k), at_least_fp32(v), self.features).to(v.dtype)

@@ -14,7 +14,7 @@ import torchvision
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from attention import ATTENTIONS, WINDOWED
+from attention import ATTENTIONS, WINDOWED, Attention, flex_block_mask, local_attention_mask
 from data import corrupt, normalize
 from model import ViT, count_params
 
@@ -65,15 +65,27 @@ def threshold_crossings(history, thresholds):
     return epochs_to, seconds_to
 
 
-def count_flops(model, image_size, device):
-    """Forward FLOPs for one image (a multiply-add counts 2), counted by torch.utils.flop_counter."""
-    model.eval()
-    x = torch.zeros(1, 3, image_size, image_size, device=device)
-    # The counter has no formula for SDPA's fused CPU kernel; the math backend runs attention as matmuls it
-    # counts. A masked (local) attention is counted as executed: the full T x T scores.
-    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
-        model(x)
-    return counter.get_total_flops()
+def count_flops(net, x):
+    """Forward FLOPs of net(x) (a multiply-add counts 2) by torch.utils.flop_counter; windows count allowed pairs only."""
+    net.eval()
+    layers = [m for m in net.modules() if isinstance(m, Attention)]
+    backends = [m.backend for m in layers]
+    for m in layers:  # the counter cannot run flex_attention; SDPA computes the same attention
+        m.backend = "sdpa"
+    try:  # the math backend runs attention as matmuls the counter sees (it has no formula for the fused kernels)
+        with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+            net(x)
+    finally:
+        for m, backend in zip(layers, backends):
+            m.backend = backend
+    # The math path scores every (query, key) pair of a windowed kind; only the allowed pairs are its work (what
+    # a block-sparse kernel approaches): Q K^T and the weighted sum of V take 2 * 2 * width FLOPs per pair.
+    masked_out = 0
+    for m in layers:
+        for radius, shape, dilation in getattr(m, "windows", []):
+            mask = local_attention_mask(*m.grid, radius, m.cls_token, shape, dilation)
+            masked_out += int((~mask).sum()) * 4 * m.proj.in_features * len(x)
+    return counter.get_total_flops() - masked_out
 
 
 def _sync(device):
@@ -152,7 +164,7 @@ def final_metrics(model, data, cfg, device, amp, history=None):
     logits = predict(model, data["x_test"], data["mean"], data["std"], device, amp)
     out = classification_metrics(logits, data["y_test"], data["num_classes"])
     out["params"] = count_params(model)
-    out["flops_per_image"] = count_flops(model, image_size, device)
+    out["flops_per_image"] = count_flops(model, torch.zeros(1, 3, image_size, image_size, device=device))
     out.update(measure_speed(model, image_size, device, amp))
     history = history or []
     out["epochs_to"], out["seconds_to"] = threshold_crossings(history, cfg["thresholds"])
@@ -194,6 +206,11 @@ def bench_one(variant, grid, scope, a, device, backend_for):
     image_size = grid * a.patch_size
     row = dict(variant=variant, scope=scope, grid=grid, tokens=grid * grid + 1, image_size=image_size,
                backend=options["backend"], error=None)
+    # Each row starts clean: no masks of earlier rows held in GPU memory, no compilations counted against
+    # dynamo's recompile limit.
+    local_attention_mask.cache_clear()
+    flex_block_mask.cache_clear()
+    torch._dynamo.reset()
     torch.manual_seed(0)
     model = ViT(10, image_size, a.patch_size, a.depth, a.dim, a.heads, attention=kind, attention_options=options,
                 spt=spt).to(device).eval()
@@ -215,18 +232,17 @@ def bench_one(variant, grid, scope, a, device, backend_for):
     try:
         row["forward_ms"], row["forward_peak_memory_mb"] = time_call(forward, device, a.warmup, a.repeats)
         row["forward_backward_ms"], row["forward_backward_peak_memory_mb"] = time_call(forward_backward, device, a.warmup, a.repeats)
-        with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
-            net(x[:1])  # per image; windowed kinds on the portable path: counted as executed, the full T x T scores
-        row["flops"] = counter.get_total_flops()
-    except torch.cuda.OutOfMemoryError:
-        row["error"] = "out of memory"
-        torch.cuda.empty_cache()
+        row["flops"] = count_flops(net, x[:1])  # per image
+    except Exception as e:  # one configuration failing (out of memory, a kernel limit) must not lose the others
+        row["error"] = "out of memory" if isinstance(e, torch.cuda.OutOfMemoryError) else f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
     return row
 
 
 def bench_attention(argv):
     """python evaluate.py bench-attention: attention cost against token count for every variant; writes JSON."""
-    from train import Parser, attention_backend, fail, git_commit, make_device, write_json
+    from train import Parser, attention_backend, device_name, fail, git_commit, make_device, write_json
     variants = ATTENTIONS + ["sl-vit"]
     p = Parser(prog="evaluate.py bench-attention",
                description="Time, memory and FLOPs of one attention layer and of the whole ViT against token count.")
@@ -263,28 +279,26 @@ def bench_attention(argv):
             fail(f"{flag} {value} must be at least 1", prog)
     if a.warmup < 0 or a.dim % a.heads:
         fail(f"--warmup ({a.warmup}) must be 0 or more and --dim ({a.dim}) divisible by --heads ({a.heads})", prog)
-    if "linformer" in lists["--variants"] and min(grids) ** 2 < 64:
+    if min(grids) < 8 and {"linformer", "nystrom"} & set(lists["--variants"]):  # k = 64, 16 landmarks
         fail(f"--grids {min(grids)} gives {min(grids) ** 2} patches, fewer than linformer's k = 64; use grids of 8 or more", prog)
     device = make_device(a.device, prog)
     backend_for = lambda kind: attention_backend(dict(attention=kind, attention_backend=a.attention_backend
                                                       if kind in WINDOWED else "auto"), device, prog)
-    results = []
+    settings = {k: v for k, v in vars(a).items() if k != "out"}
+    settings.update(grids=grids, variants=lists["--variants"], scopes=lists["--scopes"])
+    report = dict(benchmark="attention", device=device_name(device), settings=settings,
+                  versions=dict(python=platform.python_version(), torch=torch.__version__, torchvision=torchvision.__version__),
+                  git_commit=git_commit(), command=" ".join(sys.argv), results=[])
     for variant in lists["--variants"]:
         for scope in lists["--scopes"]:
             for grid in grids:
                 row = bench_one(variant, grid, scope, a, device, backend_for)
-                results.append(row)
+                report["results"].append(row)
+                write_json(a.out, report)  # after every row: an interrupted benchmark keeps what it measured
                 fb = row.get("forward_backward_ms")
                 print(f"{variant:10s} {scope:5s} {row['tokens']:6d} tokens  " + (
                     f"forward {row['forward_ms']['median']:9.2f} ms  forward+backward {fb['median']:9.2f} ms"
                     if fb else row["error"]), flush=True)
-    settings = {k: v for k, v in vars(a).items() if k != "out"}
-    settings.update(grids=grids, variants=lists["--variants"], scopes=lists["--scopes"])
-    from train import device_name
-    write_json(a.out, dict(benchmark="attention", device=device_name(device), settings=settings,
-                           versions=dict(python=platform.python_version(), torch=torch.__version__,
-                                         torchvision=torchvision.__version__),
-                           git_commit=git_commit(), command=" ".join(sys.argv), results=results))
     print(f"wrote {a.out}")
     return 0
 
@@ -309,7 +323,8 @@ def main(argv=None):
     cfg["data_dir"] = a.data_dir or cfg["data_dir"]
     device = make_device(a.device, "evaluate.py")
     data = load_run_data(cfg, "evaluate.py")
-    backend = attention_backend(cfg, device, "evaluate.py") if "attention" in cfg else "sdpa"
+    # The backend is not part of what was trained: pick the one this device runs (flex and sdpa agree).
+    backend = attention_backend(dict(cfg, attention_backend="auto"), device, "evaluate.py") if "attention" in cfg else "sdpa"
     model = build_run_model(cfg, data, backend).to(device)
     try:
         ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)

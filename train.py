@@ -126,7 +126,7 @@ def get_parser():
     g = p.add_argument_group("run")
     g.add_argument("--device", default="auto", help="auto (cuda if present), cpu or cuda")
     g.add_argument("--no-amp", action="store_true", help="no bf16 autocast on CUDA (it is always off on CPU)")
-    g.add_argument("--out", default=None, help="run folder (default: runs/<arch>[-local<R>][-t<S>s]-<regime>[-f<F>|-n<N>|-r<R>-<profile>]-<dataset>-s<seed>)")
+    g.add_argument("--out", default=None, help="run folder (default: runs/<arch>[<attention>][-t<S>s]-<regime>[-f<F>|-n<N>|-r<R>-<profile>]-<dataset>-s<seed>)")
     g.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     g.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     g.add_argument("--thresholds", default="0.3,0.4,0.5,0.6,0.7,0.8,0.9", help="val accuracies for epochs_to/seconds_to")
@@ -272,6 +272,10 @@ def attention_tag(args):
         tag += "c"
     if kind == "linformer" and args.linformer_share != "heads":
         tag += args.linformer_share
+    for key, short in (("redraw_interval", "rd"), ("pinv_iters", "pi"), ("nystrom_conv", "conv")):
+        default, kinds = ATTENTION_OPTIONS[key]
+        if kind in kinds and getattr(args, key) != default:  # e.g. -nystrom16-conv0: no conv residual
+            tag += f"-{short}{getattr(args, key)}"
     return tag + ("-spt" if args.spt else "")
 
 
@@ -391,6 +395,8 @@ def check_out_dir(cfg, world):
         if old.get("world_size", world) != world:  # the batch split and the dropped tail depend on it
             fail(f"--resume: the run in {out} was started with {old['world_size']} processes, not {world}")
         for k, v in cfg.items():
+            if k in ATTENTION_OPTIONS and v is None:  # an option of another kind (runs before 2026-11 stored radius 1)
+                continue
             if k not in NOT_TRAINING_ARGS and k in old and old[k] != v:
                 fail(f"--resume: {k} is {v!r} but the run in {out} was started with {old[k]!r}")
         return has("final.json")

@@ -87,8 +87,10 @@ def test_evaluate_cli_rejects_a_folder_without_a_run(tmp_path, capsys):
         f"evaluate.py: error: {tmp_path} is not a run folder with a checkpoint (need config.json and checkpoint.pt)"
 
 
-def test_interrupted_run_resumes_to_the_same_result(tmp_path):
-    args = [*TINY_VIT, *TINY_DATA, "--epochs", "3", "--dropout", "0.1"]
+@pytest.mark.parametrize("extra", [[], ["--attention", "performer", "--redraw-interval", "5"]], ids=["full", "performer"])
+def test_interrupted_run_resumes_to_the_same_result(tmp_path, extra):
+    # The performer's features and redraw count come back from the checkpoint, so it resumes exactly too.
+    args = [*TINY_VIT, *TINY_DATA, "--epochs", "3", "--dropout", "0.1", *extra]
     _, full_rows, full_final = run_train(tmp_path / "full", *args)
     cmd = [sys.executable, os.path.join(ROOT, "train.py"), *args, "--out", str(tmp_path / "cut"), "--progress", "off"]
     # 17 steps an epoch: stopping after 25 dies in the middle of epoch 2, after epoch 1's checkpoint.
@@ -96,6 +98,9 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path):
     assert killed.returncode == 3, killed.stderr
     _, rows, final = read_run(tmp_path / "cut")
     assert final is None and len(rows) == 1
+    if not extra:  # runs from before the attention options stored radius 1 for full attention: still resumable
+        config = json.loads((tmp_path / "cut" / "config.json").read_text())
+        (tmp_path / "cut" / "config.json").write_text(json.dumps(dict(config, radius=1)))
     resumed = subprocess.run(cmd + ["--resume"], capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
     _, rows, final = read_run(tmp_path / "cut")
@@ -279,6 +284,7 @@ def test_default_run_folders_differ_across_a_regime_sweep():
     assert name("--attention", "hybrid") == "runs/vit-hybrid1d1-2-4-standard-cifar10-s0"
     assert name("--attention", "performer") == "runs/vit-performer111-standard-cifar10-s0"  # 32 ln 32 = 110.9
     assert name("--attention", "lsa", "--spt") == "runs/vit-lsa-spt-standard-cifar10-s0"
+    assert name("--attention", "nystrom", "--nystrom-conv", "0") == "runs/vit-nystrom16-conv0-standard-cifar10-s0"
 
 
 def test_lr_schedule_against_hand_values():
