@@ -95,6 +95,11 @@ def orthogonal_features(m, d, seed):
     return torch.cat(blocks)[:m] * torch.randn(m, d, generator=g).norm(dim=1, keepdim=True)
 
 
+def default_performer_features(head_dim):
+    """The Performer paper's feature count for head width d: d ln d (at least 1)."""
+    return max(1, round(head_dim * math.log(head_dim)))
+
+
 def positive_features(x, w, is_query):
     """phi(x) = exp(w x - |x|^2 / 2) / sqrt(m) on x scaled by d^-1/4, so phi(q) . phi(k) estimates exp(q . k / sqrt(d)).
 
@@ -187,13 +192,11 @@ class Attention(nn.Module):
             self.n_patches, self.linformer_share = n_patches, linformer_share
             shape = (heads, linformer_k, n_patches) if linformer_share == "none" else (linformer_k, n_patches)
             init = lambda: nn.Parameter(torch.randn(shape) / math.sqrt(n_patches))  # keeps keys' scale
-            if linformer_share == "layers":
-                self.proj_k = shared_projection  # the same Parameter in every layer, for keys and values
-            else:
-                self.proj_k = init()
-                self.proj_v = self.proj_k if linformer_share == "kv" else init()
+            # "layers": the ViT hands the first layer's matrix to the others as shared_projection
+            self.proj_k = shared_projection if shared_projection is not None else init()
+            self.proj_v = self.proj_k if linformer_share in ("kv", "layers") else init()
         if kind == "performer":
-            m = performer_features or max(1, round(head_dim * math.log(head_dim)))
+            m = performer_features or default_performer_features(head_dim)
             self.redraw_interval = redraw_interval
             # Buffers, so the features in use are saved in the checkpoint and evaluation is deterministic.
             self.register_buffer("feature_seed", torch.randint(0, 2 ** 31 - 1, ()))  # drawn from the model seed
@@ -270,8 +273,7 @@ class Attention(nn.Module):
         n = k.shape[-2] - c
         if n > self.n_patches:
             raise ValueError(f"linformer was built for {self.n_patches} patch tokens, got {n}")
-        pk = self.proj_k[..., :n]  # a shorter sequence uses the first n columns
-        pv = (self.proj_k if self.linformer_share == "layers" else self.proj_v)[..., :n]
+        pk, pv = self.proj_k[..., :n], self.proj_v[..., :n]  # a shorter sequence uses the first n columns
         if self.linformer_share == "none":
             pk, pv = pk.unsqueeze(0), pv.unsqueeze(0)  # 1, H, k, n: a matrix per head
         keys = torch.cat([k[..., :c, :], pk.to(k.dtype) @ k[..., c:, :]], -2)

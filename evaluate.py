@@ -324,7 +324,7 @@ def main(argv=None):
     device = make_device(a.device, "evaluate.py")
     data = load_run_data(cfg, "evaluate.py")
     # The backend is not part of what was trained: pick the one this device runs (flex and sdpa agree).
-    backend = attention_backend(dict(cfg, attention_backend="auto"), device, "evaluate.py") if "attention" in cfg else "sdpa"
+    backend = attention_backend(dict(cfg, attention_backend="auto"), device, "evaluate.py")
     model = build_run_model(cfg, data, backend).to(device)
     try:
         ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)

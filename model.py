@@ -102,11 +102,12 @@ class ViT(nn.Module):
         self.pos_embed = nn.Parameter(torch.zeros(1, n_tokens, dim))
         self.dropout = nn.Dropout(dropout)
         options = dict(attention_options or {}, kind=attention, grid=(grid, grid), cls_token=pool == "cls")
-        if attention == "linformer" and options.get("linformer_share") == "layers":
-            k = options.get("linformer_k", 64)  # one projection, for keys and values, handed to every layer
-            options["shared_projection"] = nn.Parameter(torch.randn(k, grid * grid) / grid)
         rates = torch.linspace(0, drop_path, depth).tolist()  # deeper blocks are dropped more often
-        self.blocks = nn.ModuleList(Block(dim, heads, mlp_ratio, dropout, r, options) for r in rates)
+        self.blocks = nn.ModuleList()
+        for r in rates:
+            self.blocks.append(Block(dim, heads, mlp_ratio, dropout, r, options))
+            if attention == "linformer" and options.get("linformer_share") == "layers":
+                options["shared_projection"] = self.blocks[0].attn.proj_k  # one matrix for every layer
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, num_classes)
         nn.init.trunc_normal_(self.pos_embed, std=0.02)

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 import torchvision
 from tqdm import tqdm
 
-from attention import ATTENTIONS, LINFORMER_SHARING, WINDOWED, flex_attention
+from attention import ATTENTIONS, LINFORMER_SHARING, WINDOWED, default_performer_features, flex_attention
 from data import CORRUPTIONS, DATASETS, REGIMES, DataError, augment, build_data, epoch_plan, normalize, rank_batches
 from evaluate import autocast, final_metrics
 from model import ARCHS, RESNET_PRESETS, build_model, count_params, vit_config
@@ -255,8 +255,7 @@ def resolve_attention(args, cfg, is_resnet):
         if min(cfg["dilations"]) < 1 or len(set(cfg["dilations"])) < 2:
             fail(f"--dilations {','.join(map(str, cfg['dilations']))} needs at least two different dilations, each at least 1")
     if args.attention == "performer" and cfg["performer_features"] is None:
-        head_dim = cfg["dim"] // cfg["heads"]
-        cfg["performer_features"] = max(1, round(head_dim * math.log(head_dim)))
+        cfg["performer_features"] = default_performer_features(cfg["dim"] // cfg["heads"])
     for k in ATTENTION_OPTIONS:  # default_out reads them from args
         setattr(args, k, cfg[k])
 
