@@ -27,18 +27,88 @@ ATTENTIONS = ["full", "local", "dilated", "hybrid", "linformer", "performer", "n
 WINDOWED = {"local", "dilated", "hybrid"}  # kinds made of grid masks, run by flex_attention on CUDA
 LINFORMER_SHARING = ["none", "heads", "kv", "layers"]
 
+# Every option of the attention kinds, the one home of its default: the kinds it applies to, its type (`choices`
+# instead for names), the lowest value allowed, its short name in run names and labels (a `main` option is always
+# shown there, the others only when they differ from the default) and its help. train.py's flags, its run-name
+# tag and analyze.py's labels are all made from this table.
+ATTENTION_OPTIONS = {
+    "radius": dict(default=1, kinds=WINDOWED, type=int, low=0, short="r", main=True,
+                   help="window radius on the patch grid, in (dilated) steps"),
+    "window_shape": dict(default="square", kinds=WINDOWED, choices=["square", "circle"], short="", main=False,
+                         help="Chebyshev (square) or Euclidean (circle) radius"),
+    "dilation": dict(default=2, kinds={"dilated"}, type=int, low=1, short="d", main=True,
+                     help="grid step between attended patches"),
+    "dilations": dict(default=[1, 2, 4], kinds={"hybrid"}, type=str, short="d", main=True,
+                      help="comma-separated dilations of the parallel window branches"),
+    "linformer_k": dict(default=64, kinds={"linformer"}, type=int, low=1, short="k", main=True,
+                        help="projected sequence length"),
+    "linformer_share": dict(default="heads", kinds={"linformer"}, choices=LINFORMER_SHARING, short="share",
+                            main=False, help="none (a projection per head), heads (one per layer), kv (keys and "
+                                             "values share it), layers (one for the whole network)"),
+    "performer_features": dict(default=None, kinds={"performer"}, type=int, low=1, short="m", main=True,
+                               help="random features (None: d ln d, d = head width)"),
+    "redraw_interval": dict(default=1000, kinds={"performer"}, type=int, low=0, short="rd", main=False,
+                            help="redraw the features every this many training steps, 0 never"),
+    "landmarks": dict(default=16, kinds={"nystrom"}, type=int, low=1, short="m", main=True, help="landmarks"),
+    "pinv_iters": dict(default=6, kinds={"nystrom"}, type=int, low=1, short="pi", main=False,
+                       help="pseudo-inverse iterations"),
+    "nystrom_conv": dict(default=33, kinds={"nystrom"}, type=int, low=0, short="conv", main=False,
+                         help="kernel of the depthwise conv residual on values, odd, 0 = off"),
+}
+
+
+def option_flag(name):
+    """The command-line flag of a config key: linformer_k -> --linformer-k."""
+    return "--" + name.replace("_", "-")
+
+
+def attention_options(kind, given, head_dim):
+    """The options of `kind`, defaults filled in under the `given` ones; ValueError naming the flag for an option
+    of another kind or a value out of range."""
+    for name in given:
+        if kind not in ATTENTION_OPTIONS[name]["kinds"]:
+            kinds = ", ".join(sorted(ATTENTION_OPTIONS[name]["kinds"]))
+            raise ValueError(f"{option_flag(name)} only applies to --attention {kinds} (got --attention {kind})")
+    options = {name: given.get(name, o["default"]) for name, o in ATTENTION_OPTIONS.items() if kind in o["kinds"]}
+    for name, value in options.items():
+        low = ATTENTION_OPTIONS[name].get("low")
+        if low is not None and value is not None and value < low:
+            raise ValueError(f"{option_flag(name)} {value} must be at least {low}")
+    conv = options.get("nystrom_conv")
+    if conv and conv % 2 == 0:
+        raise ValueError(f"--nystrom-conv {options['nystrom_conv']} must be odd (or 0 for no conv residual)")
+    if isinstance(options.get("dilations"), str):
+        try:
+            options["dilations"] = [int(d) for d in options["dilations"].split(",")]
+        except ValueError:
+            raise ValueError(f"--dilations '{options['dilations']}' is not a comma-separated list of whole numbers")
+    if "dilations" in options and (min(options["dilations"]) < 1 or len(set(options["dilations"])) < 2):
+        raise ValueError(f"--dilations {','.join(map(str, options['dilations']))} needs at least two different "
+                         "dilations, each at least 1")
+    if kind == "performer" and options["performer_features"] is None:
+        options["performer_features"] = default_performer_features(head_dim)
+    return options
+
+
+def shown_options(model):
+    """(short name, value, main) of the attention options a run's name and label show, main options first."""
+    kind = model.get("attention", "full")
+    shown = [(o["short"], model[name], o["main"]) for name, o in ATTENTION_OPTIONS.items()
+             if kind in o["kinds"] and name in model and (o["main"] or model[name] != o["default"])]
+    return sorted(shown, key=lambda item: not item[2])
+
 
 # ----------------------------------------------------------------------------- grid windows (local, dilated, hybrid)
 
-def window_rule(grid_w, radius, dilation=1, shape="square", cls_token=True):
+def window_rule(grid_w, radius, dilation=1, shape="square", num_prefix_tokens=1):
     """f(query_index, key_index) -> bool tensor, True where the query token may attend to the key token.
 
-    Patches (row-major on a grid `grid_w` wide) see each other when their row and column offsets are both
-    multiples of `dilation` and, counted in dilated steps, within `radius`: Chebyshev (square) or Euclidean
-    (circle) distance. The cls token sees and is seen by everything. One rule serves the dense boolean mask
-    and flex_attention's mask_mod, so the two paths cannot disagree.
+    Patches (row-major on a grid `grid_w` wide, after `num_prefix_tokens` tokens such as cls) see each other
+    when their row and column offsets are both multiples of `dilation` and, counted in dilated steps, within
+    `radius`: Chebyshev (square) or Euclidean (circle) distance. Prefix tokens see and are seen by everything.
+    One rule serves the dense boolean mask and flex_attention's mask_mod, so the two paths cannot disagree.
     """
-    c = int(cls_token)
+    c = num_prefix_tokens
     reach = radius * dilation
 
     def allowed(q, k):
@@ -51,14 +121,15 @@ def window_rule(grid_w, radius, dilation=1, shape="square", cls_token=True):
 
 
 @functools.lru_cache(maxsize=64)
-def local_attention_mask(grid_h, grid_w, radius, cls_token=True, shape="square", dilation=1, device="cpu"):
-    """Boolean (T, T) mask of window_rule: True where query token i may attend to key token j (cached, shared by layers).
+def local_attention_mask(grid_h, grid_w, radius, num_prefix_tokens=1, shape="square", dilation=1, device="cpu"):
+    """Boolean (T, T) mask of window_rule: True where query token i may attend to key token j (cached, shared
+    by the layers).
 
     With a cls token a radius covering the grid equals full attention, and information can still cross the
     grid through the cls token; use mean pooling (no cls token) for strictly local patch features.
     """
-    i = torch.arange(grid_h * grid_w + int(cls_token), device=device)
-    return window_rule(grid_w, radius, dilation, shape, cls_token)(i[:, None], i[None, :])
+    i = torch.arange(grid_h * grid_w + num_prefix_tokens, device=device)
+    return window_rule(grid_w, radius, dilation, shape, num_prefix_tokens)(i[:, None], i[None, :])
 
 
 @functools.lru_cache(maxsize=64)
@@ -68,10 +139,10 @@ def not_self_mask(n, device):
 
 
 @functools.lru_cache(maxsize=64)
-def flex_block_mask(grid_h, grid_w, radius, cls_token, shape, dilation, device):
+def flex_block_mask(grid_h, grid_w, radius, num_prefix_tokens, shape, dilation, device):
     """flex_attention's BlockMask for the same window: only blocks with an allowed pair are computed (cached)."""
-    rule = window_rule(grid_w, radius, dilation, shape, cls_token)
-    n = grid_h * grid_w + int(cls_token)
+    rule = window_rule(grid_w, radius, dilation, shape, num_prefix_tokens)
+    n = grid_h * grid_w + num_prefix_tokens
     return create_block_mask(lambda b, h, q, k: rule(q, k), None, None, n, n, device=device)
 
 
@@ -101,7 +172,7 @@ def default_performer_features(head_dim):
 
 
 def positive_features(x, w, is_query):
-    """phi(x) = exp(w x - |x|^2 / 2) / sqrt(m) on x scaled by d^-1/4, so phi(q) . phi(k) estimates exp(q . k / sqrt(d)).
+    """phi(x) = exp(w x - |x|^2 / 2) / sqrt(m) on x scaled by d^-1/4: phi(q) . phi(k) estimates exp(q . k / sqrt(d)).
 
     A maximum is subtracted inside exp against overflow: per query row (it cancels in that row's normaliser),
     and over all keys of a head (a common factor that cancels too).
@@ -128,7 +199,7 @@ def segment_means(n, m, device=None):
 
 
 def iterative_pinv(a, iters=6):
-    """Moore-Penrose pseudo-inverse by the cubic iteration of Razavi et al., started per matrix at A^T / (|A|_1 |A|_inf)."""
+    """Moore-Penrose pseudo-inverse by Razavi et al.'s cubic iteration, started per matrix at A^T / (|A|_1 |A|_inf)."""
     col = a.abs().sum(-2).amax(-1)  # largest column sum of each matrix, not of the whole batch
     row = a.abs().sum(-1).amax(-1)
     z = a.transpose(-2, -1) / (col * row)[..., None, None]
@@ -158,59 +229,63 @@ def at_least_fp32(x):
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention of any kind in ATTENTIONS, on a ViT's tokens (cls first when cls_token).
+    """Multi-head self-attention of any kind in ATTENTIONS, on a ViT's tokens (`num_prefix_tokens` such as the cls
+    token first, then the patches of `grid`, (rows, cols), row by row).
 
-    grid: (rows, cols) of patches; the sequence is rows * cols patches plus the cls token.
-    radius, dilation, dilations, window_shape: local / dilated / hybrid windows. linformer_k, linformer_share,
-    shared_projection (for sharing across layers): linformer. performer_features, redraw_interval: performer.
-    landmarks, pinv_iters, nystrom_conv (depthwise kernel on values, 0 = off): nystrom.
-    backend: "sdpa" (dense boolean masks, runs anywhere) or "flex" (flex_attention block masks, CUDA).
+    options: the kind's ATTENTION_OPTIONS (defaults from that table). shared_projection: the first layer's
+    Linformer matrix, for sharing across layers. backend: "sdpa" (dense boolean masks, runs anywhere) or "flex"
+    (flex_attention block masks, CUDA).
     """
 
-    def __init__(self, dim, heads, kind="full", grid=(8, 8), cls_token=True, radius=1, dilation=2, dilations=(1, 2, 4),
-                 window_shape="square", linformer_k=64, linformer_share="heads", shared_projection=None,
-                 performer_features=None, redraw_interval=1000, landmarks=16, pinv_iters=6, nystrom_conv=33,
-                 backend="sdpa"):
+    def __init__(self, dim, heads, kind="full", grid=(8, 8), num_prefix_tokens=1, backend="sdpa",
+                 shared_projection=None, **options):
         super().__init__()
         if dim % heads:
             raise ValueError(f"width {dim} is not divisible by {heads} heads")
         if kind not in ATTENTIONS:
             raise ValueError(f"unknown attention '{kind}'; choose from {', '.join(ATTENTIONS)}")
-        self.kind, self.heads, self.grid, self.cls_token, self.backend = kind, heads, tuple(grid), cls_token, backend
+        unknown = sorted(set(options) - set(ATTENTION_OPTIONS))
+        if unknown:
+            raise TypeError(f"unknown attention option '{unknown[0]}'; choose from {', '.join(ATTENTION_OPTIONS)}")
+        o = {name: option["default"] for name, option in ATTENTION_OPTIONS.items()} | options
+        self.kind, self.heads, self.grid, self.backend = kind, heads, tuple(grid), backend
+        self.num_prefix_tokens = num_prefix_tokens
         head_dim = dim // heads
         n_patches = grid[0] * grid[1]
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
         if kind in WINDOWED:
-            d = {"local": [1], "dilated": [dilation], "hybrid": list(dilations)}[kind]
-            self.windows = [(radius, window_shape, di) for di in d]
+            d = {"local": [1], "dilated": [o["dilation"]], "hybrid": list(o["dilations"])}[kind]
+            self.windows = [(o["radius"], o["window_shape"], di) for di in d]
         if kind == "hybrid":
             self.gate = nn.Linear(dim, len(self.windows))  # per token, a softmax over the branches
         if kind == "linformer":
-            if linformer_k > n_patches:
-                raise ValueError(f"linformer k {linformer_k} exceeds the {n_patches} patch tokens; choose k <= {n_patches}")
-            self.n_patches, self.linformer_share = n_patches, linformer_share
-            shape = (heads, linformer_k, n_patches) if linformer_share == "none" else (linformer_k, n_patches)
+            k = o["linformer_k"]
+            if k > n_patches:
+                raise ValueError(f"linformer k {k} exceeds the {n_patches} patch tokens; allowed: 1 to {n_patches}")
+            self.n_patches, self.linformer_share = n_patches, o["linformer_share"]
+            shape = (heads, k, n_patches) if self.linformer_share == "none" else (k, n_patches)
             init = lambda: nn.Parameter(torch.randn(shape) / math.sqrt(n_patches))  # keeps keys' scale
             # "layers": the ViT hands the first layer's matrix to the others as shared_projection
             self.proj_k = shared_projection if shared_projection is not None else init()
-            self.proj_v = self.proj_k if linformer_share in ("kv", "layers") else init()
+            self.proj_v = self.proj_k if self.linformer_share in ("kv", "layers") else init()
         if kind == "performer":
-            m = performer_features or default_performer_features(head_dim)
-            self.redraw_interval = redraw_interval
+            m = o["performer_features"] or default_performer_features(head_dim)
+            self.redraw_interval = o["redraw_interval"]
             # Buffers, so the features in use are saved in the checkpoint and evaluation is deterministic.
             self.register_buffer("feature_seed", torch.randint(0, 2 ** 31 - 1, ()))  # drawn from the model seed
             self.register_buffer("train_calls", torch.zeros((), dtype=torch.long))
             self.register_buffer("features", orthogonal_features(m, head_dim, int(self.feature_seed) * 1000003))
             self.host_calls = None  # train_calls mirrored on the host: reading a CUDA buffer every step would sync
         if kind == "nystrom":
-            if landmarks > n_patches + cls_token:
-                raise ValueError(f"{landmarks} landmarks exceed the {n_patches + cls_token} tokens")
-            self.landmarks, self.pinv_iters = landmarks, pinv_iters
+            tokens = n_patches + num_prefix_tokens
+            if o["landmarks"] > tokens:
+                raise ValueError(f"{o['landmarks']} landmarks exceed the {tokens} tokens; allowed: 1 to {tokens}")
+            self.landmarks, self.pinv_iters = o["landmarks"], o["pinv_iters"]
             self.value_conv = None
-            if nystrom_conv:  # depthwise over the sequence, one kernel per head, as in the paper
-                self.value_conv = nn.Conv2d(heads, heads, (nystrom_conv, 1), padding=(nystrom_conv // 2, 0),
-                                            groups=heads, bias=False)
+            if o["nystrom_conv"]:  # depthwise over the sequence, one kernel per head, as in the paper
+                size = o["nystrom_conv"]
+                self.value_conv = nn.Conv2d(heads, heads, (size, 1), padding=(size // 2, 0), groups=heads, bias=False)
         if kind == "lsa":
             self.temperature = nn.Parameter(torch.full((heads,), head_dim ** -0.5))
 
@@ -219,9 +294,9 @@ class Attention(nn.Module):
         radius, shape, dilation = window
         h, w = self.grid
         if self.backend == "flex":
-            block_mask = flex_block_mask(h, w, radius, self.cls_token, shape, dilation, q.device)
+            block_mask = flex_block_mask(h, w, radius, self.num_prefix_tokens, shape, dilation, q.device)
             return compiled_flex_attention()(q, k, v, block_mask=block_mask)
-        mask = local_attention_mask(h, w, radius, self.cls_token, shape, dilation, q.device)
+        mask = local_attention_mask(h, w, radius, self.num_prefix_tokens, shape, dilation, q.device)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
     def _load_from_state_dict(self, *args, **kwargs):
@@ -255,7 +330,8 @@ class Attention(nn.Module):
                 self.host_calls += 1
                 self.train_calls += 1
             with torch.autocast(x.device.type, enabled=False):  # exp of features needs float32
-                y = performer_attention(at_least_fp32(q), at_least_fp32(k), at_least_fp32(v), self.features).to(v.dtype)
+                y = performer_attention(at_least_fp32(q), at_least_fp32(k), at_least_fp32(v), self.features)
+            y = y.to(v.dtype)
         elif self.kind == "nystrom":
             with torch.autocast(x.device.type, enabled=False):  # the pseudo-inverse iteration needs float32
                 y = nystrom_attention(at_least_fp32(q), at_least_fp32(k), at_least_fp32(v), self.landmarks,
@@ -268,8 +344,8 @@ class Attention(nn.Module):
         return self.proj(y.transpose(1, 2).reshape(B, T, D))
 
     def linformer(self, q, k, v):
-        """Keys and values of the patches projected along the sequence to k rows; the cls token keeps its own."""
-        c = int(self.cls_token)
+        """Keys and values of the patches projected along the sequence to k rows; prefix tokens keep their own."""
+        c = self.num_prefix_tokens
         n = k.shape[-2] - c
         if n > self.n_patches:
             raise ValueError(f"linformer was built for {self.n_patches} patch tokens, got {n}")
@@ -293,8 +369,8 @@ class Attention(nn.Module):
         if self.kind not in WINDOWED:
             raise ValueError(f"attention '{self.kind}' has no explicit softmax weights")
         h, w = self.grid
-        per_window = [scores.masked_fill(~local_attention_mask(h, w, r, self.cls_token, s, d, x.device), float("-inf")).softmax(-1)
-                      for r, s, d in self.windows]
+        masks = [local_attention_mask(h, w, r, self.num_prefix_tokens, s, d, x.device) for r, s, d in self.windows]
+        per_window = [scores.masked_fill(~mask, float("-inf")).softmax(-1) for mask in masks]
         if self.kind != "hybrid":
             return per_window[0]
         gate = self.gate(x).softmax(-1)  # B, T, branches: each query's mix of its branches' weights

@@ -30,7 +30,7 @@ CIFAR = {  # folder inside --data-dir, official archive, its md5, pickle files, 
 }
 
 
-class DataError(Exception):
+class DataError(ValueError):
     """A dataset or regime request that cannot be met; the message is shown to the user as is."""
 
 
@@ -49,7 +49,8 @@ def _read_pickle_batches(folder, files, label_key):
         except FileNotFoundError:
             raise DataError(f"dataset folder {folder} is incomplete: {name} is missing")
         except Exception as e:  # truncated file, wrong format, missing key
-            raise DataError(f"dataset file {path} is corrupt ({type(e).__name__}: {e}); delete the folder and fetch it again")
+            raise DataError(f"dataset file {path} is corrupt ({type(e).__name__}: {e}); "
+                            "delete the folder and fetch it again")
         if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(lab) != len(data):
             raise DataError(f"dataset file {path} is corrupt: data shape {data.shape}, {len(lab)} labels")
         images.append(data.reshape(-1, 3, 32, 32))
@@ -63,7 +64,7 @@ def load_cifar(name, data_dir, download=True):
     folder = os.path.join(data_dir, spec["folder"])
     if not os.path.isdir(folder):
         if not download:
-            raise DataError(f"{name} not found: expected the folder {folder} (pass --download to fetch it)")
+            raise DataError(f"{name} not found: expected the folder {folder} (drop --no-download to fetch it)")
         from torchvision.datasets.utils import download_and_extract_archive
         try:
             download_and_extract_archive(spec["url"], data_dir, md5=spec["md5"])
@@ -174,58 +175,126 @@ def stratified_split(labels, num_classes, val_fraction, seed):
 
 
 def long_tail_counts(n_max, num_classes, ratio, profile="exp"):
-    """Per-class sizes of a long-tailed set: exp n_i = n_max * ratio^(-i/(C-1)), step: half the classes n_max / ratio."""
+    """Per-class sizes of a long-tailed set: exp n_i = n_max * ratio^(-i/(C-1)); step: half the classes n_max/ratio."""
     if profile == "exp":
         return [int(n_max * ratio ** (-i / (num_classes - 1))) for i in range(num_classes)]
     return [n_max if i < num_classes // 2 else int(n_max / ratio) for i in range(num_classes)]
 
 
-def regime_indices(labels, num_classes, args, seed):
+def regime_indices(labels, num_classes, seed, regime="standard", fraction=None, per_class=None,
+                   imbalance_ratio=None, imbalance_profile=None, max_per_class=None):
     """Indices (into labels) of the training samples the regime keeps; identical for every architecture."""
     perms = class_permutations(labels, num_classes, seed + 1)  # independent of the validation split's order
-    if getattr(args, "max_per_class", None):  # getattr: configs written before the flag existed lack it
-        perms = [p[:args.max_per_class] for p in perms]  # a smaller pool, still a prefix: subsets keep nesting
+    if max_per_class:
+        perms = [p[:max_per_class] for p in perms]  # a smaller pool, still a prefix: subsets keep nesting
     sizes = [len(p) for p in perms]
-    if args.regime == "sparse":
-        if args.per_class is not None:
-            if args.per_class > min(sizes):
-                raise DataError(f"--per-class {args.per_class} is larger than the smallest class "
-                                f"({min(sizes)} training images after the validation split); allowed: 1..{min(sizes)}")
-            keep = [args.per_class] * num_classes
+    if regime == "sparse":
+        if per_class is not None:
+            if per_class > min(sizes):
+                raise DataError(f"--per-class {per_class} is larger than the smallest class ({min(sizes)} "
+                                f"training images after the validation split); allowed: 1..{min(sizes)}")
+            keep = [per_class] * num_classes
         else:
-            keep = [max(1, int(round(args.fraction * s))) for s in sizes]
-    elif args.regime == "imbalanced":
-        keep = long_tail_counts(min(sizes), num_classes, args.imbalance_ratio, args.imbalance_profile)
-        keep = [max(1, k) for k in keep]
+            keep = [max(1, int(round(fraction * s))) for s in sizes]
+    elif regime == "imbalanced":
+        keep = [max(1, k) for k in long_tail_counts(min(sizes), num_classes, imbalance_ratio, imbalance_profile)]
     else:
         keep = sizes
     return torch.cat([p[:k] for p, k in zip(perms, keep)]).sort().values
 
 
-def build_data(args, seed):
-    """Load the dataset and apply split and regime: returns train/val/test tensors and per-class counts."""
-    raw = load_dataset(args.dataset, args.data_dir, download=not args.no_download,
-                       synthetic_per_class=args.synthetic_per_class, synthetic_size=args.synthetic_size)
+# The data options that apply only under a condition, with their defaults; a data section holds only what applies.
+REGIME_OPTIONS = {"sparse": dict(fraction=None, per_class=None), "corrupted": dict(corruptions=None),  # None: all
+                  "imbalanced": dict(imbalance_ratio=100.0, imbalance_profile="exp")}
+SYNTHETIC_OPTIONS = dict(synthetic_per_class=500, synthetic_size=32)
+TRAIN_CORRUPTION_OPTIONS = dict(train_severity=3, train_corruption_fraction=0.5)
+DATA_DEFAULTS = dict(regime="standard", val_fraction=0.1)
+
+
+def data_config(given):
+    """The data section of a run's config from the options given (None: not given): defaults filled in, only the
+    options that apply kept; DataError naming the flag for one that does not apply or is out of range."""
+    data = DATA_DEFAULTS | {k: v for k, v in given.items() if v is not None}
+    regime = data["regime"]
+    if regime == "many-classes":
+        if data.setdefault("dataset", "cifar100") != "cifar100":
+            raise DataError(f"--regime many-classes trains on cifar100, but --dataset {data['dataset']} was given; "
+                            "drop --dataset or use cifar100")
+    data = dict(dataset=data.pop("dataset", "cifar10"), regime=data.pop("regime"), **data)
+    conditional = [(regime == r, f"--regime {r} (got --regime {regime})", options)
+                   for r, options in REGIME_OPTIONS.items()]
+    conditional += [(data["dataset"] == "synthetic", "--dataset synthetic", SYNTHETIC_OPTIONS),
+                    ("train_corruption" in data, "--train-corruption", TRAIN_CORRUPTION_OPTIONS)]
+    for applies, condition, options in conditional:
+        for key, default in options.items():
+            if applies:
+                data.setdefault(key, default)
+            elif key in data:
+                raise DataError(f"--{key.replace('_', '-')} only applies to {condition}")
+    if regime == "sparse":
+        if data["fraction"] is not None and data["per_class"] is not None:
+            raise DataError("give --fraction or --per-class, not both")
+        if data["per_class"] is None:
+            data["fraction"] = 0.1 if data["fraction"] is None else data["fraction"]
+        data = {k: v for k, v in data.items() if v is not None}
+    if regime == "corrupted":
+        text = data["corruptions"]
+        names = text.split(",") if isinstance(text, str) else text or list(CORRUPTIONS)
+        data["corruptions"] = [c for c in names if c]
+    check_data_config(data)
+    return data
+
+
+def check_data_config(data):
+    """DataError naming the flag for a value of a data section out of its range."""
+    bad = [c for c in data.get("corruptions", CORRUPTIONS) if c not in CORRUPTIONS]
+    if bad or not data.get("corruptions", CORRUPTIONS):
+        raise DataError(f"unknown corruption '{bad[0] if bad else ''}'; choose from {', '.join(CORRUPTIONS)}")
+    if not 0 < data.get("fraction", 1) <= 1:
+        raise DataError(f"--fraction {data['fraction']} is outside (0, 1]")
+    if not 0 <= data["val_fraction"] < 1:
+        raise DataError(f"--val-fraction {data['val_fraction']} is outside [0, 1)")
+    if not 0 <= data.get("train_corruption_fraction", 0) <= 1:
+        raise DataError(f"--train-corruption-fraction {data['train_corruption_fraction']} is outside [0, 1]")
+    for key in ("per_class", "max_per_class", "test_per_class"):
+        if data.get(key, 1) < 1:
+            raise DataError(f"--{key.replace('_', '-')} {data[key]} must be at least 1")
+    if data.get("imbalance_ratio", 1) < 1:
+        raise DataError(f"--imbalance-ratio {data['imbalance_ratio']} must be at least 1")
+    if data.get("synthetic_per_class", 5) < 5 or data.get("synthetic_size", 16) < 16:  # defocus_blur's 17x17 kernel
+        raise DataError(f"--synthetic-per-class ({data['synthetic_per_class']}) must be at least 5 "
+                        f"and --synthetic-size ({data['synthetic_size']}) at least 16")
+
+
+def build_data(dataset, regime, seed, val_fraction, data_dir="data", download=True, fraction=None, per_class=None,
+               imbalance_ratio=None, imbalance_profile=None, max_per_class=None, test_per_class=None,
+               corruptions=None, train_corruption=None, train_severity=None, train_corruption_fraction=None,
+               synthetic_per_class=SYNTHETIC_OPTIONS["synthetic_per_class"],
+               synthetic_size=SYNTHETIC_OPTIONS["synthetic_size"]):
+    """Load the dataset and apply split and regime: train/val/test tensors, per-class counts, normalisation and
+    the corruptions the test set is swept over (the data section of a run's config gives every argument)."""
+    raw = load_dataset(dataset, data_dir, download, synthetic_per_class, synthetic_size)
     C = raw["num_classes"]
     x, y = raw["x_train"], raw["y_train"]
-    train_idx, val_idx = stratified_split(y, C, args.val_fraction, seed)
-    keep = train_idx[regime_indices(y[train_idx], C, args, seed)]
+    train_idx, val_idx = stratified_split(y, C, val_fraction, seed)
+    keep = train_idx[regime_indices(y[train_idx], C, seed, regime, fraction, per_class, imbalance_ratio,
+                                    imbalance_profile, max_per_class)]
     x_train, y_train = x[keep].clone(), y[keep].clone()
-    if args.train_corruption:
+    if train_corruption:
         # A fixed, seeded share of training images is replaced by its corrupted version once, before training.
         g = torch.Generator().manual_seed(seed + 2)
-        pick = torch.randperm(len(x_train), generator=g)[: int(round(args.train_corruption_fraction * len(x_train)))]
-        x_train[pick] = corrupt(x_train[pick], args.train_corruption, args.train_severity, seed=seed + 3)
+        pick = torch.randperm(len(x_train), generator=g)[: int(round(train_corruption_fraction * len(x_train)))]
+        x_train[pick] = corrupt(x_train[pick], train_corruption, train_severity, seed=seed + 3)
     x_test, y_test = raw["x_test"], raw["y_test"]
-    if getattr(args, "test_per_class", None):  # getattr: configs written before the flag existed lack it
+    if test_per_class:
         # A fixed subset (seed 0, not --seed): every run and every seed is tested on the same images.
-        pick = torch.cat([p[:args.test_per_class] for p in class_permutations(y_test, C, 0)]).sort().values
+        pick = torch.cat([p[:test_per_class] for p in class_permutations(y_test, C, 0)]).sort().values
         x_test, y_test = x_test[pick], y_test[pick]
     counts = lambda labels: torch.bincount(labels, minlength=C).tolist()
     mean, std = channel_stats(x_train)
     return dict(x_train=x_train, y_train=y_train, x_val=x[val_idx], y_val=y[val_idx],
                 x_test=x_test, y_test=y_test, num_classes=C, class_names=raw["class_names"],
-                mean=mean, std=std,
+                mean=mean, std=std, corruptions=list(corruptions or []),
                 counts=dict(train=counts(y_train), val=counts(y[val_idx]), test=counts(y_test)))
 
 
@@ -382,7 +451,8 @@ def _jpeg(x_uint8, quality):
         return torch.stack(decode_jpeg(encoded)).to(x_uint8.device)
 
 
-CORRUPTIONS = {  # name -> (severity parameters 1..5, fn(images, parameter, generator)): float in [0, 1], uint8 for UINT8_CORRUPTIONS
+# name -> (severity parameters 1..5, fn(images, parameter, generator)): float in [0, 1], uint8 for UINT8_CORRUPTIONS
+CORRUPTIONS = {
     "gaussian_noise": ([0.04, 0.06, 0.08, 0.09, 0.10],
                        lambda x, c, g: x + c * torch.randn(x.shape, generator=g).to(x)),
     "shot_noise": ([500, 250, 100, 75, 50],

@@ -1,25 +1,167 @@
-"""Metrics for a trained model, and the attention cost benchmark.
+"""Run folders, metrics and the attention cost benchmark: everything train.py and a re-evaluation share.
 
     python evaluate.py RUN_DIR                 # re-evaluate a run's checkpoint
     python evaluate.py bench-attention --out bench-attention.json
+
+Imports run one way: model, attention and data <- evaluate <- train.
 """
+import argparse
 import json
+import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 
 import torch
+import torch.distributed as dist
+import torch.nn.functional as F
 import torchvision
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from attention import ATTENTIONS, WINDOWED, Attention, flex_block_mask, local_attention_mask
-from data import corrupt, normalize
-from model import ViT, count_params
+from attention import (ATTENTIONS, WINDOWED, Attention, attention_options, flex_attention, flex_block_mask,
+                       local_attention_mask)
+from data import build_data, corrupt, normalize
+from model import ViT, build_model, count_params
 
 SOFTMAX_KINDS = WINDOWED | {"full", "lsa"}  # kinds with explicit attention weights, for attention_distance
+SECTIONS = ("model", "data", "optim", "run")  # a run's config.json: these, then what the run recorded
 
+
+# ----------------------------------------------------------------------------- the command line and run folders
+
+def fail(message, prog):
+    """Print one error line and exit with code 2 (bad input: nothing was trained or overwritten)."""
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse that reports a bad command line in one line with exit code 2, as every other bad input."""
+
+    def error(self, message):
+        fail(message, self.prog)
+
+
+def write_atomic(path, text):
+    """Write text to a temp file in the same folder, then rename it over path: never a truncated file."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def write_json(path, obj):
+    """Write JSON atomically."""
+    write_atomic(path, json.dumps(obj, indent=1) + "\n")
+
+
+def write_jsonl(path, rows):
+    """Rewrite a JSON-lines file atomically (it is small: one line per epoch)."""
+    write_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))
+
+
+def read_json(path):
+    """A JSON file of a run folder; ValueError saying why it cannot be read."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"cannot read {path} ({type(e).__name__}: {e})")
+
+
+def read_config(run_dir):
+    """A run folder's config.json; ValueError for a missing one or one written before configs had sections."""
+    config = read_json(os.path.join(run_dir, "config.json"))
+    if not all(isinstance(config.get(s), dict) for s in SECTIONS):
+        raise ValueError(f"{run_dir}/config.json has no model, data, optim and run sections: it was written by "
+                         "train.py before 2026-12; resume or re-evaluate it with the commit in its git_commit")
+    return config
+
+
+def save_checkpoint(path, checkpoint):
+    """torch.save to a temp file, then rename: a kill while saving leaves the previous checkpoint whole."""
+    torch.save(checkpoint, f"{path}.tmp")
+    os.replace(f"{path}.tmp", path)
+
+
+def load_checkpoint(path, device, model, optimizer=None):
+    """A run's checkpoint.pt (model and optimizer state, epoch, history, clocks), its states loaded into model
+    and optimizer; ValueError if it cannot load or does not fit them."""
+    try:
+        checkpoint = torch.load(path, map_location=device, weights_only=False)
+        model.load_state_dict(checkpoint["model"])
+        if optimizer is not None:
+            optimizer.load_state_dict(checkpoint["optimizer"])
+    except Exception as e:  # a truncated or foreign file, or another model's: the message says which and why
+        raise ValueError(f"cannot load {path} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")
+    return checkpoint
+
+
+def git_commit():
+    """The commit of the code that runs, with '-dirty' when it has uncommitted changes, or None outside git."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    run = lambda *cmd: subprocess.run(cmd, cwd=here, capture_output=True, text=True, check=True).stdout.strip()
+    try:
+        return run("git", "rev-parse", "HEAD") + ("-dirty" if run("git", "status", "--porcelain", "-uno") else "")
+    except Exception:
+        return None
+
+
+def versions():
+    """Python, torch and torchvision versions, for the record."""
+    return dict(python=platform.python_version(), torch=torch.__version__, torchvision=torchvision.__version__)
+
+
+def make_device(name, local_rank=0):
+    """torch.device for --device; ValueError for CUDA where there is none (never a quiet CPU run)."""
+    if name not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"--device '{name}' is not one of auto, cpu, cuda")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for, but no CUDA GPU is available (use --device cpu)")
+    if name == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda", local_rank)
+
+
+def device_name(device):
+    """The GPU's name, or the CPU's architecture and thread count."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def attention_backend(kind, asked, device):
+    """The backend a run uses: flex_attention for windowed kinds on CUDA (auto, or asked), else sdpa."""
+    windowed = kind in WINDOWED
+    if asked == "flex":
+        if not windowed:
+            raise ValueError(f"--attention-backend flex applies to --attention {', '.join(sorted(WINDOWED))}, "
+                             f"not {kind}")
+        if device.type != "cuda" or flex_attention is None:
+            raise ValueError("--attention-backend flex needs CUDA and torch.nn.attention.flex_attention; "
+                             "use sdpa or auto")
+    flex = asked == "flex" or (asked == "auto" and windowed and device.type == "cuda" and flex_attention is not None)
+    return "flex" if flex else "sdpa"
+
+
+def build_run_data(cfg, data_dir=None):
+    """A run's data from its config (split and regime applied), from `data_dir` instead of its own if given."""
+    run = cfg["run"]
+    return build_data(**cfg["data"], seed=run["seed"], data_dir=data_dir or run["data_dir"],
+                      download=not run["no_download"])
+
+
+def build_run_model(cfg, data, backend="sdpa"):
+    """A run's model from its config, initialised from its seed (the same weights for the same seed)."""
+    torch.manual_seed(cfg["run"]["seed"])
+    return build_model(**cfg["model"], num_classes=data["num_classes"], image_size=data["x_train"].shape[-1],
+                       backend=backend)
+
+
+# ----------------------------------------------------------------------------- metrics
 
 def autocast(device, amp):
     """bf16 autocast on CUDA when amp is on; a no-op context elsewhere."""
@@ -27,16 +169,30 @@ def autocast(device, amp):
 
 
 @torch.no_grad()
-def predict(model, images, mean, std, device, amp=False, batch_size=512):
-    """Float32 logits for uint8 images (N, 3, H, W), in eval mode, batch by batch on `device`."""
+def predict(model, images, labels, mean, std, device, amp=False, batch_size=512):
+    """The one evaluation loop: float32 logits of uint8 images (N, 3, H, W) in eval mode, batch by batch on
+    `device`, and their summed cross-entropy against labels (float64)."""
     model.eval()
     mean, std = (torch.tensor(v, device=device) for v in (mean, std))
-    out = []
+    logits, loss_sum = [], torch.zeros((), dtype=torch.float64, device=device)
     for i in range(0, len(images), batch_size):
         x = normalize(images[i:i + batch_size].to(device), mean, std)
         with autocast(device, amp):
-            out.append(model(x).float())
-    return torch.cat(out) if out else torch.zeros(0)
+            out = model(x).float()
+        loss_sum += F.cross_entropy(out, labels[i:i + batch_size].to(device), reduction="sum")
+        logits.append(out)
+    return (torch.cat(logits) if logits else torch.zeros(0, device=device)), loss_sum
+
+
+def evaluate_split(model, images, labels, data, device, amp, rank=0, world=1):
+    """Mean cross-entropy and accuracy on a split, each process taking every world-th image; (None, None) if empty."""
+    logits, loss_sum = predict(model, images[rank::world], labels[rank::world], data["mean"], data["std"], device, amp)
+    hits = logits.argmax(1) == labels[rank::world].to(device) if len(logits) else torch.zeros(0, device=device)
+    totals = torch.stack([loss_sum, hits.sum().double(), torch.tensor(len(hits), dtype=torch.float64, device=device)])
+    if world > 1:
+        dist.all_reduce(totals)
+    loss, correct, n = totals.tolist()
+    return (loss / n, correct / n) if n else (None, None)
 
 
 def classification_metrics(logits, labels, num_classes):
@@ -66,7 +222,8 @@ def threshold_crossings(history, thresholds):
 
 
 def count_flops(net, x):
-    """Forward FLOPs of net(x) (a multiply-add counts 2) by torch.utils.flop_counter; windows count allowed pairs only."""
+    """Forward FLOPs of net(x) (a multiply-add counts 2) by torch.utils.flop_counter; a window counts only the
+    pairs it allows."""
     net.eval()
     layers = [m for m in net.modules() if isinstance(m, Attention)]
     backends = [m.backend for m in layers]
@@ -83,12 +240,13 @@ def count_flops(net, x):
     masked_out = 0
     for m in layers:
         for radius, shape, dilation in getattr(m, "windows", []):
-            mask = local_attention_mask(*m.grid, radius, m.cls_token, shape, dilation)
+            mask = local_attention_mask(*m.grid, radius, m.num_prefix_tokens, shape, dilation)
             masked_out += int((~mask).sum()) * 4 * m.proj.in_features * len(x)
     return counter.get_total_flops() - masked_out
 
 
 def _sync(device):
+    """Wait for the GPU, so a clock read afterwards times what was queued."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -126,7 +284,8 @@ def corruption_sweep(model, images, labels, mean, std, device, amp, names, seed=
         table[name] = {}
         for severity in range(1, 6):
             bad = corrupt(images, name, severity, seed=seed)  # same seed for every model: identical images
-            table[name][str(severity)] = predict(model, bad, mean, std, device, amp).argmax(1).cpu().eq(labels).double().mean().item()
+            logits, _ = predict(model, bad, labels, mean, std, device, amp)
+            table[name][str(severity)] = logits.argmax(1).cpu().eq(labels).double().mean().item()
     cells = [a for per in table.values() for a in per.values()]
     return table, sum(cells) / len(cells)
 
@@ -135,7 +294,7 @@ def corruption_sweep(model, images, labels, mean, std, device, amp, names, seed=
 def attention_distance(model, images, mean, std, device, batch_size=64):
     """Per block and head, the mean grid distance (in patches) from a patch to the patches it attends to.
 
-    Each patch query's weights on patch keys (the cls key left out, the rest renormalised) weight the
+    Each patch query's weights on patch keys (prefix keys such as cls left out, the rest renormalised) weight the
     Euclidean distances between patch centres; averaged over queries and images (as Dosovitskiy et al.'s
     mean attention distance, in patches instead of pixels). None for a model without explicit softmax weights.
     """
@@ -143,7 +302,7 @@ def attention_distance(model, images, mean, std, device, batch_size=64):
         return None
     model.eval()
     h, w = model.blocks[0].attn.grid
-    c = int(model.cls_token is not None)
+    c = model.num_prefix_tokens
     rows, cols = torch.arange(h * w, device=device) // w, torch.arange(h * w, device=device) % w
     dist = ((rows[:, None] - rows[None]) ** 2 + (cols[:, None] - cols[None]) ** 2).float().sqrt()
     mean, std = (torch.tensor(v, device=device) for v in (mean, std))
@@ -158,29 +317,28 @@ def attention_distance(model, images, mean, std, device, batch_size=64):
     return (sums / len(images)).tolist()
 
 
-def final_metrics(model, data, cfg, device, amp, history=None):
+def final_metrics(model, data, device, amp, history, thresholds):
     """Every number of final.json that depends on the model and data (train.py adds timing and memory)."""
     image_size = data["x_test"].shape[-1]
-    logits = predict(model, data["x_test"], data["mean"], data["std"], device, amp)
+    logits, _ = predict(model, data["x_test"], data["y_test"], data["mean"], data["std"], device, amp)
     out = classification_metrics(logits, data["y_test"], data["num_classes"])
     out["params"] = count_params(model)
     out["flops_per_image"] = count_flops(model, torch.zeros(1, 3, image_size, image_size, device=device))
     out.update(measure_speed(model, image_size, device, amp))
-    history = history or []
-    out["epochs_to"], out["seconds_to"] = threshold_crossings(history, cfg["thresholds"])
+    out["epochs_to"], out["seconds_to"] = threshold_crossings(history, thresholds)
     vals = [m["val_acc"] for m in history if m.get("val_acc") is not None]
     out["best_val_acc"] = max(vals) if vals else None
     # On a fixed first 256 test images: the same for every model of a comparison.
     out["attention_distance"] = attention_distance(model, data["x_test"][:256], data["mean"], data["std"], device)
-    if cfg["regime"] == "corrupted":
+    if data["corruptions"]:  # the corrupted regime: the test set under every corruption and severity
         out["corruption"], out["corruption_mean"] = corruption_sweep(
-            model, data["x_test"], data["y_test"], data["mean"], data["std"], device, amp, cfg["corruptions"])
+            model, data["x_test"], data["y_test"], data["mean"], data["std"], device, amp, data["corruptions"])
         out["corruption_relative_drop"] = 1 - out["corruption_mean"] / max(out["test_acc"], 1e-12)
     return out
 
 
 def time_call(fn, device, warmup, repeats):
-    """Median, min and max milliseconds of fn() over `repeats` calls after `warmup` calls, and peak CUDA memory (MB)."""
+    """Median, min and max ms of fn() over `repeats` calls after `warmup` calls, and peak CUDA memory (MB)."""
     for _ in range(warmup):
         fn()
     if device.type == "cuda":
@@ -197,25 +355,28 @@ def time_call(fn, device, warmup, repeats):
     return dict(median=statistics.median(times), min=min(times), max=max(times), repeats=repeats), peak
 
 
-def bench_one(variant, grid, scope, a, device, backend_for):
-    """Forward and forward+backward cost of one attention layer or the whole ViT at one grid size."""
-    from train import ATTENTION_OPTIONS
+def bench_model(variant, grid, a, backend):
+    """The benchmark's ViT for one variant (sl-vit: lsa with SPT) at one grid side, each kind at its defaults."""
     kind, spt = ("lsa", True) if variant == "sl-vit" else (variant, False)
-    options = {k: default for k, (default, kinds) in ATTENTION_OPTIONS.items() if kind in kinds and default is not None}
-    options["backend"] = backend_for(kind)
-    image_size = grid * a.patch_size
-    row = dict(variant=variant, scope=scope, grid=grid, tokens=grid * grid + 1, image_size=image_size,
-               backend=options["backend"], error=None)
+    options = dict(attention_options(kind, {}, a.dim // a.heads), backend=backend)
+    return ViT(10, grid * a.patch_size, a.patch_size, a.depth, a.dim, a.heads, attention=kind,
+               attention_options=options, spt=spt)
+
+
+def bench_one(variant, grid, scope, a, device, backend):
+    """Forward and forward+backward cost of one attention layer or the whole ViT at one grid size."""
     # Each row starts clean: no masks of earlier rows held in GPU memory, no compilations counted against
     # dynamo's recompile limit.
     local_attention_mask.cache_clear()
     flex_block_mask.cache_clear()
     torch._dynamo.reset()
     torch.manual_seed(0)
-    model = ViT(10, image_size, a.patch_size, a.depth, a.dim, a.heads, attention=kind, attention_options=options,
-                spt=spt).to(device).eval()
+    model = bench_model(variant, grid, a, backend).to(device).eval()
+    image_size, tokens = grid * a.patch_size, grid * grid + model.num_prefix_tokens
+    row = dict(variant=variant, scope=scope, grid=grid, tokens=tokens, image_size=image_size, backend=backend,
+               error=None)
     if scope == "layer":
-        net, x = model.blocks[0].attn, torch.randn(a.batch_size, grid * grid + 1, a.dim, device=device)
+        net, x = model.blocks[0].attn, torch.randn(a.batch_size, tokens, a.dim, device=device)
     else:
         net, x = model, torch.randn(a.batch_size, 3, image_size, image_size, device=device)
     amp = device.type == "cuda" and not a.no_amp
@@ -231,25 +392,29 @@ def bench_one(variant, grid, scope, a, device, backend_for):
 
     try:
         row["forward_ms"], row["forward_peak_memory_mb"] = time_call(forward, device, a.warmup, a.repeats)
-        row["forward_backward_ms"], row["forward_backward_peak_memory_mb"] = time_call(forward_backward, device, a.warmup, a.repeats)
+        row["forward_backward_ms"], row["forward_backward_peak_memory_mb"] = time_call(
+            forward_backward, device, a.warmup, a.repeats)
         row["flops"] = count_flops(net, x[:1])  # per image
     except Exception as e:  # one configuration failing (out of memory, a kernel limit) must not lose the others
-        row["error"] = "out of memory" if isinstance(e, torch.cuda.OutOfMemoryError) else f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        first_line = str(e).splitlines()[0] if str(e) else ""
+        oom = isinstance(e, torch.cuda.OutOfMemoryError)
+        row["error"] = "out of memory" if oom else f"{type(e).__name__}: {first_line}"
         if device.type == "cuda":
             torch.cuda.empty_cache()
     return row
 
 
-def bench_attention(argv):
-    """python evaluate.py bench-attention: attention cost against token count for every variant; writes JSON."""
-    from train import Parser, attention_backend, device_name, fail, git_commit, make_device, write_json
-    variants = ATTENTIONS + ["sl-vit"]
+def bench_parser(variants):
+    """The command line of evaluate.py bench-attention."""
     p = Parser(prog="evaluate.py bench-attention",
                description="Time, memory and FLOPs of one attention layer and of the whole ViT against token count.")
-    p.add_argument("--variants", default=",".join(variants), help=f"comma-separated: {', '.join(variants)} (default: all)")
-    p.add_argument("--grids", default="8,16,32,64", help="patch-grid sides; tokens = side^2 + 1 (default 8,16,32,64: 65 to 4097)")
+    p.add_argument("--variants", default=",".join(variants),
+                   help=f"comma-separated: {', '.join(variants)} (default: all)")
+    p.add_argument("--grids", default="8,16,32,64",
+                   help="patch-grid sides; tokens = side^2 + 1 (default 8,16,32,64: 65 to 4097)")
     p.add_argument("--patch-size", type=int, default=4, help="image size = grid side x patch size (default 4)")
-    p.add_argument("--scopes", default="layer,model", help="layer (one attention layer), model (the whole ViT), or both")
+    p.add_argument("--scopes", default="layer,model",
+                   help="layer (one attention layer), model (the whole ViT), or both")
     p.add_argument("--depth", type=int, default=6)
     p.add_argument("--dim", type=int, default=256)
     p.add_argument("--heads", type=int, default=8)
@@ -261,38 +426,53 @@ def bench_attention(argv):
                    help="for local, dilated, hybrid (auto: flex on CUDA when available)")
     p.add_argument("--no-amp", action="store_true", help="no bf16 autocast on CUDA")
     p.add_argument("--out", default="bench-attention.json", help="JSON file to write (default: bench-attention.json)")
-    a = p.parse_args(argv)
-    prog = "evaluate.py bench-attention"
+    return p
+
+
+def bench_settings(a, variants):
+    """The checked lists of the benchmark's command line: (variants, scopes, grids); ValueError for a bad one."""
     lists = {}
     for flag, text, allowed in (("--variants", a.variants, variants), ("--scopes", a.scopes, ["layer", "model"])):
         lists[flag] = [v for v in text.split(",") if v]
         bad = [v for v in lists[flag] if v not in allowed]
         if bad or not lists[flag]:
-            fail(f"{flag}: unknown '{bad[0] if bad else ''}'; choose from {', '.join(allowed)}", prog)
+            raise ValueError(f"{flag}: unknown '{bad[0] if bad else ''}'; choose from {', '.join(allowed)}")
     try:
         grids = [int(g) for g in a.grids.split(",")]
     except ValueError:
-        fail(f"--grids '{a.grids}' is not a comma-separated list of whole numbers", prog)
-    for flag, value in (("--grids", min(grids)), ("--patch-size", a.patch_size), ("--depth", a.depth), ("--dim", a.dim),
-                        ("--heads", a.heads), ("--batch-size", a.batch_size), ("--repeats", a.repeats)):
+        raise ValueError(f"--grids '{a.grids}' is not a comma-separated list of whole numbers")
+    for flag, value in (("--grids", min(grids)), ("--patch-size", a.patch_size), ("--depth", a.depth),
+                        ("--dim", a.dim), ("--heads", a.heads), ("--batch-size", a.batch_size),
+                        ("--repeats", a.repeats)):
         if value < 1:
-            fail(f"{flag} {value} must be at least 1", prog)
-    if a.warmup < 0 or a.dim % a.heads:
-        fail(f"--warmup ({a.warmup}) must be 0 or more and --dim ({a.dim}) divisible by --heads ({a.heads})", prog)
-    if min(grids) < 8 and {"linformer", "nystrom"} & set(lists["--variants"]):  # k = 64, 16 landmarks
-        fail(f"--grids {min(grids)} gives {min(grids) ** 2} patches, fewer than linformer's k = 64; use grids of 8 or more", prog)
-    device = make_device(a.device, prog)
-    backend_for = lambda kind: attention_backend(dict(attention=kind, attention_backend=a.attention_backend
-                                                      if kind in WINDOWED else "auto"), device, prog)
-    settings = {k: v for k, v in vars(a).items() if k != "out"}
-    settings.update(grids=grids, variants=lists["--variants"], scopes=lists["--scopes"])
-    report = dict(benchmark="attention", device=device_name(device), settings=settings,
-                  versions=dict(python=platform.python_version(), torch=torch.__version__, torchvision=torchvision.__version__),
+            raise ValueError(f"{flag} {value} must be at least 1")
+    if a.warmup < 0:
+        raise ValueError(f"--warmup {a.warmup} must be 0 or more")
+    for variant in lists["--variants"]:  # the model's own checks (heads divide the width, linformer k, landmarks)
+        try:
+            bench_model(variant, min(grids), a, "sdpa")
+        except ValueError as e:
+            raise ValueError(f"--grids {min(grids)} with --variants {variant}: {e}")
+    return lists["--variants"], lists["--scopes"], grids
+
+
+def bench_attention(argv):
+    """python evaluate.py bench-attention: attention cost against token count for every variant; writes JSON."""
+    variants = ATTENTIONS + ["sl-vit"]
+    a = bench_parser(variants).parse_args(argv)
+    try:
+        chosen, scopes, grids = bench_settings(a, variants)
+        device = make_device(a.device)
+        backends = {v: attention_backend(v, a.attention_backend if v in WINDOWED else "auto", device) for v in chosen}
+    except ValueError as e:
+        fail(e, "evaluate.py bench-attention")
+    settings = {k: v for k, v in vars(a).items() if k != "out"} | dict(grids=grids, variants=chosen, scopes=scopes)
+    report = dict(benchmark="attention", device=device_name(device), settings=settings, versions=versions(),
                   git_commit=git_commit(), command=" ".join(sys.argv), results=[])
-    for variant in lists["--variants"]:
-        for scope in lists["--scopes"]:
+    for variant in chosen:
+        for scope in scopes:
             for grid in grids:
-                row = bench_one(variant, grid, scope, a, device, backend_for)
+                row = bench_one(variant, grid, scope, a, device, backends[variant])
                 report["results"].append(row)
                 write_json(a.out, report)  # after every row: an interrupted benchmark keeps what it measured
                 fb = row.get("forward_backward_ms")
@@ -303,40 +483,41 @@ def bench_attention(argv):
     return 0
 
 
+def evaluate_run(run_dir, device_flag, data_dir):
+    """final.json's numbers for a run folder's checkpoint, on its own data; ValueError for a bad folder or flag."""
+    ckpt_path = os.path.join(run_dir, "checkpoint.pt")
+    if not (os.path.isfile(os.path.join(run_dir, "config.json")) and os.path.isfile(ckpt_path)):
+        raise ValueError(f"{run_dir} is not a run folder with a checkpoint (need config.json and checkpoint.pt)")
+    cfg = read_config(run_dir)
+    device = make_device(device_flag)
+    data = build_run_data(cfg, data_dir)
+    # The backend is not part of what was trained: pick the one this device runs (flex and sdpa agree).
+    model = build_run_model(cfg, data, attention_backend(cfg["model"].get("attention"), "auto", device)).to(device)
+    ckpt = load_checkpoint(ckpt_path, device, model)
+    amp = cfg["optim"]["amp"] and device.type == "cuda"
+    out = final_metrics(model, data, device, amp, ckpt["history"], cfg["run"]["thresholds"])
+    return out | dict(epoch=ckpt["epoch"])
+
+
 def main(argv=None):
     """Re-evaluate a run folder's checkpoint on its own data and print the metrics as JSON (or: bench-attention)."""
-    import os
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["bench-attention"]:
         return bench_attention(argv[1:])
-    from train import Parser, attention_backend, build_run_model, fail, load_run_data, make_device, read_json, write_json
     p = Parser(prog="evaluate.py", description="Evaluate a run folder's checkpoint (test metrics, cost, corruptions).")
     p.add_argument("run_dir", help="a run folder written by train.py (config.json + checkpoint.pt)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
     p.add_argument("--out", default=None, help="also write the JSON to this file")
     p.add_argument("--data-dir", default=None, help="where the dataset is (default: the run's own --data-dir)")
     a = p.parse_args(argv)
-    cfg_path, ckpt_path = os.path.join(a.run_dir, "config.json"), os.path.join(a.run_dir, "checkpoint.pt")
-    if not (os.path.isfile(cfg_path) and os.path.isfile(ckpt_path)):
-        fail(f"{a.run_dir} is not a run folder with a checkpoint (need config.json and checkpoint.pt)", "evaluate.py")
-    cfg = read_json(cfg_path, "evaluate.py")
-    cfg["data_dir"] = a.data_dir or cfg["data_dir"]
-    device = make_device(a.device, "evaluate.py")
-    data = load_run_data(cfg, "evaluate.py")
-    # The backend is not part of what was trained: pick the one this device runs (flex and sdpa agree).
-    backend = attention_backend(dict(cfg, attention_backend="auto"), device, "evaluate.py")
-    model = build_run_model(cfg, data, backend).to(device)
     try:
-        ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
-        model.load_state_dict(ckpt["model"])
-    except Exception as e:
-        fail(f"cannot load {ckpt_path} ({type(e).__name__}: {e})", "evaluate.py")
-    amp = cfg["amp"] and device.type == "cuda"
-    out = final_metrics(model, data, cfg, device, amp, ckpt["history"])
-    out["epoch"] = ckpt["epoch"]
+        out = evaluate_run(a.run_dir, a.device, a.data_dir)
+    except ValueError as e:
+        fail(e, "evaluate.py")
     print(json.dumps(out, indent=1))
     if a.out:
         write_json(a.out, out)
+    return 0
 
 
 if __name__ == "__main__":

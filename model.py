@@ -4,7 +4,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
 
-from attention import Attention
+from attention import ATTENTION_OPTIONS, Attention, attention_options, option_flag
 
 # ViT presets for 32 px inputs. Shallow presets keep the default's width and cut its depth.
 VIT_PRESETS = {
@@ -24,6 +24,9 @@ RESNET_PRESETS = {
     "resnet18-shallow3": dict(base="resnet18", stages=3),
 }
 ARCHS = list(VIT_PRESETS) + list(RESNET_PRESETS)
+# The ViT options every preset shares (its sizes are the preset's): the one home of their defaults.
+VIT_DEFAULTS = dict(pool="cls", spt=False, dropout=0.0, drop_path=0.1, attention="full")
+VIT_SIZES = ["depth", "dim", "heads", "patch_size", "mlp_ratio"]
 
 
 class DropPath(nn.Module):
@@ -41,7 +44,7 @@ class DropPath(nn.Module):
 
 
 def shifted_images(x, shift):
-    """The image and its four diagonal shifts by `shift` pixels (zero-filled), concatenated on channels: (B, 5C, H, W)."""
+    """The image and its four diagonal shifts by `shift` pixels (zero-filled), on channels: (B, 5C, H, W)."""
     if shift == 0:
         return torch.cat([x] * 5, 1)
     s = shift
@@ -87,21 +90,24 @@ class Block(nn.Module):
 
 class ViT(nn.Module):
     """Vision Transformer: conv (or shifted, --spt) patch embedding, cls token or mean pooling, learned positions,
-    pre-norm blocks with any attention of attention.py (its options in attention_options)."""
+    pre-norm blocks with any attention of attention.py (its options, and `backend`, in attention_options)."""
 
     def __init__(self, num_classes, image_size=32, patch_size=4, depth=6, dim=256, heads=8, mlp_ratio=2.0,
                  pool="cls", attention="full", attention_options=None, spt=False, dropout=0.0, drop_path=0.0):
         super().__init__()
         if image_size % patch_size:
-            raise ValueError(f"patch size {patch_size} does not divide the image size {image_size}")
+            allowed = ", ".join(str(p) for p in range(1, image_size + 1) if image_size % p == 0)
+            raise ValueError(f"patch size {patch_size} does not divide the image size {image_size}; "
+                             f"allowed: {allowed}")
         grid = image_size // patch_size
         self.pool = pool
-        self.patch_embed = ShiftedPatchEmbed(patch_size, dim) if spt else nn.Conv2d(3, dim, patch_size, stride=patch_size)
-        n_tokens = grid * grid + (pool == "cls")
+        self.num_prefix_tokens = int(pool == "cls")  # tokens before the patches: the cls token, if any
+        self.patch_embed = ShiftedPatchEmbed(patch_size, dim) if spt else nn.Conv2d(3, dim, patch_size, patch_size)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim)) if pool == "cls" else None
-        self.pos_embed = nn.Parameter(torch.zeros(1, n_tokens, dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, grid * grid + self.num_prefix_tokens, dim))
         self.dropout = nn.Dropout(dropout)
-        options = dict(attention_options or {}, kind=attention, grid=(grid, grid), cls_token=pool == "cls")
+        options = dict(attention_options or {}, kind=attention, grid=(grid, grid),
+                       num_prefix_tokens=self.num_prefix_tokens)
         rates = torch.linspace(0, drop_path, depth).tolist()  # deeper blocks are dropped more often
         self.blocks = nn.ModuleList()
         for r in rates:
@@ -146,30 +152,53 @@ def resnet(base, num_classes, image_size=32, stages=4):
     layers = [net.layer1, net.layer2, net.layer3, net.layer4]
     for i in range(stages, 4):
         setattr(net, f"layer{i + 1}", nn.Identity())
-    width = layers[stages - 1][-1]
-    out_channels = (width.bn3 if hasattr(width, "bn3") else width.bn2).num_features
+    last_block = layers[stages - 1][-1]
+    out_channels = (last_block.bn3 if hasattr(last_block, "bn3") else last_block.bn2).num_features
     if stages < 4:
         net.fc = nn.Linear(out_channels, num_classes)
     return net
 
 
-def vit_config(arch, overrides=None):
-    """The ViT preset `arch` with any non-None command-line overrides applied."""
-    cfg = dict(VIT_PRESETS[arch])
-    cfg.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    return cfg
-
-
-def build_model(arch, num_classes, image_size=32, **kw):
-    """Build any model by name; ViT keywords: depth dim heads mlp_ratio patch_size pool attention attention_options spt
-    dropout drop_path."""
+def model_config(given):
+    """The model section of a run's config from the options given (None: not given): the preset's sizes and the
+    defaults filled in, only the options that apply to the architecture kept; ValueError for one that does not."""
+    arch = given["arch"]
+    if arch not in ARCHS:
+        raise ValueError(f"unknown architecture '{arch}'; choose from {', '.join(ARCHS)}")
+    given = {k: v for k, v in given.items() if v is not None and v is not False and k != "arch"}
     if arch in RESNET_PRESETS:
-        p = RESNET_PRESETS[arch]
-        return resnet(p["base"], num_classes, image_size, kw.get("stages") or p["stages"])
-    kw.pop("stages", None)
+        vit_only = [k for k in given if k != "stages"]
+        if vit_only:
+            value = given[vit_only[0]]
+            flag = option_flag(vit_only[0]) + ("" if value is True else f" {value}")
+            raise ValueError(f"{flag} applies to ViTs, not to --arch {arch}")
+        return dict(arch=arch, stages=given.get("stages", RESNET_PRESETS[arch]["stages"]))
+    if "stages" in given:
+        raise ValueError(f"--stages applies to ResNets, not to --arch {arch}")
+    for name in ("depth", "dim", "heads", "patch_size"):
+        if given.get(name, 1) < 1:
+            raise ValueError(f"{option_flag(name)} {given[name]} must be at least 1")
+    model = dict(arch=arch, **VIT_PRESETS[arch], **VIT_DEFAULTS)
+    model.update({k: v for k, v in given.items() if k not in ATTENTION_OPTIONS})
+    for flag, value in (("--dropout", model["dropout"]), ("--drop-path", model["drop_path"])):
+        if not 0 <= value < 1:
+            raise ValueError(f"{flag} {value} is outside [0, 1)")
+    chosen = {k: v for k, v in given.items() if k in ATTENTION_OPTIONS}
+    return model | attention_options(model["attention"], chosen, model["dim"] // model["heads"])
+
+
+def build_model(arch, num_classes, image_size=32, backend="sdpa", **options):
+    """Any model by name, with the options of its model section (ResNets: stages; ViTs: sizes, pool, spt, dropout,
+    drop_path, attention and the attention options; the rest from the preset and VIT_DEFAULTS)."""
+    if arch in RESNET_PRESETS:
+        return resnet(RESNET_PRESETS[arch]["base"], num_classes, image_size,
+                      options.get("stages") or RESNET_PRESETS[arch]["stages"])
     if arch not in VIT_PRESETS:
         raise ValueError(f"unknown architecture '{arch}'; choose from {', '.join(ARCHS)}")
-    return ViT(num_classes, image_size, **vit_config(arch, kw))
+    vit = dict(VIT_PRESETS[arch], **VIT_DEFAULTS)
+    vit.update({k: v for k, v in options.items() if k not in ATTENTION_OPTIONS})
+    attention = {k: v for k, v in options.items() if k in ATTENTION_OPTIONS}
+    return ViT(num_classes, image_size, attention_options=dict(attention, backend=backend), **vit)
 
 
 def count_params(model):

@@ -1,65 +1,15 @@
-"""Shared helpers: tiny CIFAR-format folders and an in-process train.py runner."""
-import json
+"""Fixtures and the `slow` marker; shared helper functions live in helpers.py."""
 import os
-import pickle
 import sys
 
-import numpy as np
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-# Small enough to train in seconds on 2 CPU cores, large enough to learn the synthetic shapes.
-TINY_VIT = ["--arch", "vit", "--depth", "2", "--dim", "64", "--heads", "4", "--lr", "2e-3"]
-TINY_RESNET = ["--arch", "resnet18-shallow", "--stages", "1"]
-TINY_DATA = ["--dataset", "synthetic", "--synthetic-size", "16", "--synthetic-per-class", "60",
-             "--batch-size", "32", "--warmup-epochs", "1"]
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from helpers import TINY_DATA, TINY_VIT, run_train  # noqa: E402
 
 
-def write_cifar_folder(root, name, train_per_class, test_per_class, seed=0):
-    """Write a CIFAR-10 or CIFAR-100 python pickle folder with random images; returns (x_train, y_train)."""
-    rng = np.random.RandomState(seed)
-    classes = 10 if name == "cifar10" else 100
-    folder = os.path.join(root, "cifar-10-batches-py" if name == "cifar10" else "cifar-100-python")
-    os.makedirs(folder, exist_ok=True)
-    key = b"labels" if name == "cifar10" else b"fine_labels"
-
-    def split(per_class):
-        y = np.repeat(np.arange(classes), per_class)
-        rng.shuffle(y)
-        return rng.randint(0, 256, (len(y), 3072), dtype=np.uint8), y.tolist()
-
-    x_train, y_train = split(train_per_class)
-    x_test, y_test = split(test_per_class)
-    if name == "cifar10":
-        parts = np.array_split(np.arange(len(y_train)), 5)
-        files = {f"data_batch_{i + 1}": (x_train[p], [y_train[j] for j in p]) for i, p in enumerate(parts)}
-        files["test_batch"] = (x_test, y_test)
-        meta = ("batches.meta", {b"label_names": [f"c{i}".encode() for i in range(10)]})
-    else:
-        files = {"train": (x_train, y_train), "test": (x_test, y_test)}
-        meta = ("meta", {b"fine_label_names": [f"c{i}".encode() for i in range(100)]})
-    for fname, (x, y) in files.items():
-        with open(os.path.join(folder, fname), "wb") as f:
-            pickle.dump({b"data": x, key: y, b"batch_label": fname.encode()}, f)
-    with open(os.path.join(folder, meta[0]), "wb") as f:
-        pickle.dump(meta[1], f)
-    return x_train.reshape(-1, 3, 32, 32), np.array(y_train)
-
-
-def run_train(out, *args):
-    """Run train.main in this process with --out `out`; returns (config, metrics rows, final)."""
-    import train
-    assert train.main([*args, "--out", str(out), "--progress", "off"]) == 0
-    return read_run(out)
-
-
-def read_run(out):
-    """Load a run folder's config.json, metrics.jsonl and final.json (None where missing)."""
-    load = lambda name: json.load(open(os.path.join(out, name))) if os.path.exists(os.path.join(out, name)) else None
-    rows = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))] if os.path.exists(os.path.join(out, "metrics.jsonl")) else []
-    return load("config.json"), rows, load("final.json")
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: trains a model end to end (deselect with -m 'not slow')")
 
 
 @pytest.fixture
@@ -75,3 +25,11 @@ def exits_2(capsys):
         assert err.startswith("train.py: error: ")
         return err
     return check
+
+
+@pytest.fixture(scope="session")
+def vit_run(tmp_path_factory):
+    """One tiny ViT trained for 10 epochs on synthetic shapes, on the CPU: (run folder, (config, rows, final))."""
+    out = tmp_path_factory.mktemp("runs") / "vit"
+    return out, run_train(out, *TINY_VIT, *TINY_DATA, "--synthetic-per-class", "100", "--epochs", "10",
+                          "--device", "cpu")

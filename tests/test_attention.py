@@ -8,36 +8,23 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import evaluate
-from attention import (ATTENTIONS, Attention, flex_attention, flex_block_mask, iterative_pinv, local_attention_mask,
-                       nystrom_attention, orthogonal_features, performer_attention, segment_means)
+from attention import (ATTENTIONS, Attention, attention_options, flex_attention, flex_block_mask, iterative_pinv,
+                       local_attention_mask, nystrom_attention, orthogonal_features, performer_attention,
+                       segment_means, shown_options)
+from helpers import brute_force_mask
 from model import ShiftedPatchEmbed, ViT, count_params, shifted_images
 
 SOFTMAX_KINDS = ["full", "local", "dilated", "hybrid", "lsa"]
-
-
-def brute_force_mask(h, w, radius, cls, dilation=1, shape="square"):
-    """From the definition: q is in p's window when q - p is one of the window's offsets d * (i, j)."""
-    steps = [(i, j) for i in range(-radius, radius + 1) for j in range(-radius, radius + 1)
-             if shape == "square" or i * i + j * j <= radius * radius]
-    offsets = {(dilation * i, dilation * j) for i, j in steps}
-    coords = [(r, c) for r in range(h) for c in range(w)]
-    n = len(coords) + cls
-    mask = torch.ones(n, n, dtype=torch.bool)  # cls row and column stay True: the global token
-    for a, (r1, c1) in enumerate(coords):
-        for b, (r2, c2) in enumerate(coords):
-            mask[a + cls, b + cls] = (r2 - r1, c2 - c1) in offsets
-    return mask
 
 
 @pytest.mark.parametrize("h,w", [(3, 3), (4, 4), (5, 3), (2, 6)])
 @pytest.mark.parametrize("radius", [0, 1, 2])
 @pytest.mark.parametrize("dilation", [1, 2, 3])
 @pytest.mark.parametrize("shape", ["square", "circle"])
-@pytest.mark.parametrize("cls", [True, False])
-def test_window_masks_match_brute_force(h, w, radius, dilation, shape, cls):
-    mask = local_attention_mask(h, w, radius, cls, shape, dilation)
-    assert torch.equal(mask, brute_force_mask(h, w, radius, int(cls), dilation, shape))
+@pytest.mark.parametrize("prefix", [0, 1, 2])  # no cls token, cls, cls and a distillation token
+def test_window_masks_match_brute_force(h, w, radius, dilation, shape, prefix):
+    mask = local_attention_mask(h, w, radius, prefix, shape, dilation)
+    assert torch.equal(mask, brute_force_mask(h, w, radius, prefix, dilation, shape))
 
 
 def qkv_of(attn, x):
@@ -71,12 +58,13 @@ def spread(module, std=0.3):
 
 @pytest.mark.parametrize("kind,opts", [("full", {}), ("local", dict(radius=1)), ("dilated", dict(radius=1, dilation=2)),
                                        ("local", dict(radius=1, window_shape="circle"))])
-@pytest.mark.parametrize("cls", [True, False])
-def test_masked_kinds_match_float64_softmax_attention(kind, opts, cls):
+@pytest.mark.parametrize("prefix", [0, 1, 2])
+def test_masked_kinds_match_float64_softmax_attention(kind, opts, prefix):
     torch.manual_seed(0)
-    attn = spread(Attention(32, 4, kind, grid=(4, 5), cls_token=cls, **opts))
-    x = torch.randn(2, 20 + cls, 32)
-    mask = None if kind == "full" else brute_force_mask(4, 5, 1, int(cls), opts.get("dilation", 1), opts.get("window_shape", "square"))
+    attn = spread(Attention(32, 4, kind, grid=(4, 5), num_prefix_tokens=prefix, **opts))
+    x = torch.randn(2, 20 + prefix, 32)
+    shape = opts.get("window_shape", "square")
+    mask = None if kind == "full" else brute_force_mask(4, 5, 1, prefix, opts.get("dilation", 1), shape)
     q, k, v = qkv_of(attn, x)
     assert torch.allclose(attn(x).double(), output(attn, softmax_attention(q, k, v, mask)), atol=1e-5)
 
@@ -203,7 +191,7 @@ def test_linformer_shorter_sequence_and_refuses_a_longer_one():
     assert torch.allclose(attn(x).double(), output(attn, softmax_attention(q, keys, values)), atol=1e-5)
     with pytest.raises(ValueError, match="built for 16 patch tokens, got 25"):
         attn(torch.randn(2, 26, 32))
-    with pytest.raises(ValueError, match="linformer k 20 exceeds the 16 patch tokens"):
+    with pytest.raises(ValueError, match="linformer k 20 exceeds the 16 patch tokens; allowed: 1 to 16"):
         Attention(32, 4, "linformer", grid=(4, 4), linformer_k=20)
 
 
@@ -324,33 +312,19 @@ def test_spt_shape_and_zero_shift_is_patch_embedding_of_the_concatenation():
 
 
 @pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
-@pytest.mark.parametrize("shape,dilation,cls", [("square", 1, True), ("circle", 1, False), ("square", 2, True)])
-def test_flex_block_mask_equals_the_dense_mask(shape, dilation, cls):
+@pytest.mark.parametrize("shape,dilation,prefix", [("square", 1, 1), ("circle", 1, 0), ("square", 2, 1), ("square", 1, 2)])
+def test_flex_block_mask_equals_the_dense_mask(shape, dilation, prefix):
     # flex_attention runs eagerly (forward only) on CPU: enough to check that its mask_mod is the dense mask's rule.
     # A 32 x 32 grid spans nine 128-token blocks, so blocks with no allowed pair are really skipped.
     torch.manual_seed(0)
-    n = 1024 + cls
+    n = 1024 + prefix
     q, k, v = torch.randn(3, 1, 2, n, 8)
-    dense = F.scaled_dot_product_attention(q, k, v, attn_mask=local_attention_mask(32, 32, 1, cls, shape, dilation))
-    block_mask = flex_block_mask(32, 32, 1, cls, shape, dilation, "cpu")
+    mask = local_attention_mask(32, 32, 1, prefix, shape, dilation)
+    dense = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    block_mask = flex_block_mask(32, 32, 1, prefix, shape, dilation, "cpu")
     assert block_mask.sparsity() > 0
     with torch.no_grad():
         assert torch.allclose(flex_attention(q, k, v, block_mask=block_mask), dense, atol=1e-5)
-
-
-def test_flops_count_only_the_allowed_pairs_of_a_window():
-    torch.manual_seed(0)
-    x = torch.zeros(1, 3, 16, 16)
-    full = evaluate.count_flops(ViT(10, 16, 4, depth=2, dim=32, heads=4), x)
-    covering = evaluate.count_flops(ViT(10, 16, 4, depth=2, dim=32, heads=4, attention="local",
-                                        attention_options=dict(radius=3)), x)
-    assert covering == full  # a window over the whole grid is full attention
-    mask = brute_force_mask(4, 4, 1, 1)
-    for backend in ("sdpa", "flex"):  # the counter cannot run flex_attention: the count must not need it
-        local = ViT(10, 16, 4, depth=2, dim=32, heads=4, attention="local", attention_options=dict(radius=1, backend=backend))
-        # per block, Q K^T and the weighted sum of V: 2 x 2 x width FLOPs for every pair the window rules out
-        assert evaluate.count_flops(local, x) == full - 2 * int((~mask).sum()) * 4 * 32
-        assert all(block.attn.backend == backend for block in local.blocks)  # restored after counting
 
 
 @pytest.mark.parametrize("kind", ATTENTIONS)
@@ -369,62 +343,34 @@ def test_every_kind_runs_in_bf16_autocast_close_to_fp32(kind):
     assert math.isfinite(model(x).sum().item())
 
 
-# ----------------------------------------------------------------------------- what the trained heads do, and cost
+def test_attention_options_and_their_defaults_come_from_one_table():
+    assert attention_options("dilated", {}, 32) == dict(radius=1, window_shape="square", dilation=2)
+    assert attention_options("hybrid", dict(dilations="1,3"), 32)["dilations"] == [1, 3]
+    assert attention_options("performer", {}, 16)["performer_features"] == round(16 * math.log(16))
+    assert attention_options("full", {}, 32) == {}
+    for kind, given, message in (("full", dict(radius=2), "--radius only applies to --attention dilated, hybrid, local"),
+                                 ("nystrom", dict(landmarks=0), "--landmarks 0 must be at least 1"),
+                                 ("nystrom", dict(nystrom_conv=4), "--nystrom-conv 4 must be odd")):
+        with pytest.raises(ValueError, match=message):
+            attention_options(kind, given, 32)
+    # A run's name and label show a kind's main options always and the others where they differ from the default.
+    assert shown_options(dict(attention="nystrom", landmarks=16, pinv_iters=6, nystrom_conv=0)) == [
+        ("m", 16, True), ("conv", 0, False)]
+    assert shown_options(dict(attention="dilated", radius=1, window_shape="circle", dilation=3)) == [
+        ("r", 1, True), ("d", 3, True), ("", "circle", False)]
 
-@pytest.mark.parametrize("kind,pool,expect", [
-    ("full", "mean", (2 + math.sqrt(2)) / 4),  # uniform over the 2 x 2 grid: distances 0, 1, 1, sqrt(2)
-    ("full", "cls", (2 + math.sqrt(2)) / 4),  # the cls key is left out and the rest renormalised
-    ("lsa", "mean", (2 + math.sqrt(2)) / 3),  # uniform over the three other patches
-    ("local", "mean", 0.0)])  # radius 0: each patch on itself
-def test_attention_distance_against_hand_values(kind, pool, expect):
-    opts = dict(radius=0) if kind == "local" else {}
-    model = ViT(10, image_size=8, patch_size=4, depth=2, dim=16, heads=2, pool=pool, attention=kind, attention_options=opts)
+
+def test_linformer_keeps_every_prefix_token_exact():
+    # With a cls and a distillation token before the patches, both keep their own keys and values.
+    torch.manual_seed(0)
+    full = spread(Attention(32, 4, "full", grid=(4, 4), num_prefix_tokens=2))
+    lin = Attention(32, 4, "linformer", grid=(4, 4), num_prefix_tokens=2, linformer_k=16)
+    lin.load_state_dict(full.state_dict(), strict=False)
     with torch.no_grad():
-        for block in model.blocks:  # zero queries and keys: every allowed key gets the same weight
-            block.attn.qkv.weight[:32].zero_()
-            block.attn.qkv.bias[:32].zero_()
-    images = torch.randint(0, 256, (5, 3, 8, 8), dtype=torch.uint8)
-    distance = evaluate.attention_distance(model, images, [0.5] * 3, [0.25] * 3, torch.device("cpu"), batch_size=2)
-    assert torch.allclose(torch.tensor(distance, dtype=torch.float64), torch.full((2, 2), expect, dtype=torch.float64), atol=1e-6)
-
-
-def test_attention_distance_is_none_without_explicit_weights():
-    model = ViT(10, image_size=8, patch_size=4, depth=1, dim=16, heads=2, attention="performer")
-    images = torch.zeros(2, 3, 8, 8, dtype=torch.uint8)
-    assert evaluate.attention_distance(model, images, [0.5] * 3, [0.25] * 3, torch.device("cpu")) is None
-
-
-def test_bench_attention_writes_the_documented_fields_and_linear_kinds_scale_linearly(tmp_path):
-    out = tmp_path / "bench.json"
-    variants = "full,local,linformer,performer,nystrom"
-    assert evaluate.main(["bench-attention", "--variants", variants, "--grids", "8,32,64", "--scopes", "layer,model",
-                          "--depth", "1", "--dim", "32", "--heads", "2", "--batch-size", "1", "--warmup", "1",
-                          "--repeats", "3", "--device", "cpu", "--out", str(out)]) == 0
-    report = json.loads(out.read_text())
-    assert report["benchmark"] == "attention" and report["settings"]["grids"] == [8, 32, 64]
-    assert {"device", "versions", "git_commit", "command"} <= set(report)
-    rows = {(r["variant"], r["scope"], r["tokens"]): r for r in report["results"]}
-    assert len(rows) == 5 * 2 * 3 and {t for _, _, t in rows} == {65, 1025, 4097}
-    for r in rows.values():
-        assert r["error"] is None and r["backend"] == "sdpa" and r["image_size"] == 4 * r["grid"]
-        for key in ("forward_ms", "forward_backward_ms"):
-            assert r[key]["repeats"] == 3 and 0 < r[key]["min"] <= r[key]["median"] <= r[key]["max"]
-        assert r["forward_peak_memory_mb"] is None and r["flops"] > 0  # no CUDA memory on CPU
-    # FLOPs: full attention's score and value products grow 16x from 1025 to 4097 tokens (4x for the rest).
-    flops = lambda v, t: rows[(v, "layer", t)]["flops"]
-    assert flops("full", 4097) / flops("full", 1025) > 10 and flops("local", 4097) < flops("full", 4097) / 10
-    for v in ("linformer", "performer", "nystrom"):
-        assert flops(v, 4097) / flops(v, 1025) < 5
-        growth = rows[(v, "layer", 4097)]["forward_backward_ms"]["median"] / rows[(v, "layer", 1025)]["forward_backward_ms"]["median"]
-        assert growth < 10, (v, growth)  # quadratic would be 16; about 3-4 measured on an idle 2-core CPU
-
-
-def test_bench_attention_bad_input_exits_2(tmp_path, capsys):
-    for argv, message in ((["--variants", "full,sparse"], "--variants: unknown 'sparse'; choose from full, local"),
-                          (["--grids", "4"], "--grids 4 gives 16 patches, fewer than linformer's k = 64"),
-                          (["--grids", "8,x"], "--grids '8,x' is not a comma-separated list")):
-        with pytest.raises(SystemExit) as e:
-            evaluate.main(["bench-attention", *argv, "--out", str(tmp_path / "b.json")])
-        err = capsys.readouterr().err.strip()
-        assert e.value.code == 2 and message in err and len(err.splitlines()) == 1
-    assert not (tmp_path / "b.json").exists()
+        lin.proj_k.copy_(torch.eye(16))
+        lin.proj_v.copy_(torch.eye(16))
+    x = torch.randn(2, 18, 32)
+    assert torch.allclose(full(x), lin(x), atol=1e-5)
+    with torch.no_grad():
+        lin.proj_k.copy_(torch.eye(16).roll(1, 0))  # patches' keys permuted: the prefix tokens' outputs change
+    assert not torch.allclose(full(x)[:, :2], lin(x)[:, :2], atol=1e-3)

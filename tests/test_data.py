@@ -1,5 +1,4 @@
 """Datasets, splits, regimes, augmentation and corruptions, each checked against an independent computation."""
-import argparse
 import colorsys
 import os
 
@@ -8,7 +7,7 @@ import pytest
 import torch
 
 import data
-from conftest import write_cifar_folder
+from helpers import write_cifar_folder
 
 # Cao et al. (LDAM, 2019) CIFAR-10-LT training-set sizes, class 0 the head.
 CIFAR10_LT_R100 = [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]
@@ -16,9 +15,8 @@ CIFAR10_LT_R10 = [5000, 3871, 2997, 2320, 1796, 1391, 1077, 834, 645, 500]
 
 
 def regime_args(**kw):
-    base = dict(regime="standard", fraction=None, per_class=None, imbalance_ratio=100.0, imbalance_profile="exp")
-    base.update(kw)
-    return argparse.Namespace(**base)
+    """regime_indices' keyword arguments: the standard regime, imbalanced defaults, any given ones."""
+    return dict(dict(regime="standard", imbalance_ratio=100.0, imbalance_profile="exp"), **kw)
 
 
 def test_long_tail_counts_match_published_cifar10_lt():
@@ -31,7 +29,7 @@ def test_long_tail_counts_match_published_cifar10_lt():
 @pytest.mark.parametrize("ratio,expected", [(100, CIFAR10_LT_R100), (10, CIFAR10_LT_R10)])
 def test_imbalanced_regime_keeps_exact_counts_of_cifar10_sized_labels(ratio, expected):
     labels = torch.arange(10).repeat_interleave(5000)[torch.randperm(50000)]
-    idx = data.regime_indices(labels, 10, regime_args(regime="imbalanced", imbalance_ratio=ratio), seed=3)
+    idx = data.regime_indices(labels, 10, 3, **regime_args(regime="imbalanced", imbalance_ratio=ratio))
     assert torch.bincount(labels[idx], minlength=10).tolist() == expected
     assert len(set(idx.tolist())) == len(idx)
 
@@ -40,36 +38,34 @@ def test_sparse_subsets_are_stratified_and_nested():
     labels = torch.arange(10).repeat_interleave(500)[torch.randperm(5000, generator=torch.Generator().manual_seed(0))]
     subsets = {}
     for f in (0.01, 0.05, 0.2, 1.0):
-        idx = data.regime_indices(labels, 10, regime_args(regime="sparse", fraction=f), seed=7)
+        idx = data.regime_indices(labels, 10, 7, **regime_args(regime="sparse", fraction=f))
         assert torch.bincount(labels[idx], minlength=10).tolist() == [round(500 * f)] * 10
         subsets[f] = set(idx.tolist())
     assert subsets[0.01] < subsets[0.05] < subsets[0.2] < subsets[1.0]
-    per_class = set(data.regime_indices(labels, 10, regime_args(regime="sparse", per_class=25), seed=7).tolist())
+    per_class = set(data.regime_indices(labels, 10, 7, **regime_args(regime="sparse", per_class=25)).tolist())
     assert subsets[0.01] < per_class < subsets[0.2]  # 5 < 25 < 100 per class: the same nested order
-    other_seed = set(data.regime_indices(labels, 10, regime_args(regime="sparse", fraction=0.05), seed=8).tolist())
+    other_seed = set(data.regime_indices(labels, 10, 8, **regime_args(regime="sparse", fraction=0.05)).tolist())
     assert other_seed != subsets[0.05]
 
 
 def test_per_class_larger_than_class_is_rejected():
     labels = torch.arange(3).repeat_interleave(10)
     with pytest.raises(data.DataError, match="--per-class 11 is larger than the smallest class"):
-        data.regime_indices(labels, 3, regime_args(regime="sparse", per_class=11), seed=0)
+        data.regime_indices(labels, 3, 0, **regime_args(regime="sparse", per_class=11))
 
 
 def full_args(**kw):
-    base = dict(dataset="synthetic", data_dir="unused", no_download=True, synthetic_per_class=40, synthetic_size=16,
-                val_fraction=0.1, regime="standard", fraction=None, per_class=None, imbalance_ratio=None,
-                imbalance_profile=None, train_corruption=None, train_severity=3, train_corruption_fraction=0.5)
-    base.update(kw)
-    return argparse.Namespace(**base)
+    """build_data's keyword arguments for a small synthetic set, with any given ones."""
+    return dict(dict(dataset="synthetic", regime="standard", data_dir="unused", download=False, synthetic_per_class=40,
+                     synthetic_size=16, val_fraction=0.1), **kw)
 
 
 def test_build_data_split_is_stratified_and_val_test_stay_balanced():
-    d = data.build_data(full_args(regime="imbalanced", imbalance_ratio=10.0, imbalance_profile="exp"), seed=0)
+    d = data.build_data(**full_args(regime="imbalanced", imbalance_ratio=10.0, imbalance_profile="exp"), seed=0)
     assert d["counts"]["val"] == [4] * 10  # round(0.1 * 40)
     assert d["counts"]["test"] == [8] * 10  # 40 // 5 test images per class
     assert d["counts"]["train"] == data.long_tail_counts(36, 10, 10.0)
-    d2 = data.build_data(full_args(), seed=0)
+    d2 = data.build_data(**full_args(), seed=0)
     assert d2["counts"]["train"] == [36] * 10
     # The validation images are never in the training set.
     train_rows = {bytes(x.numpy()) for x in d2["x_train"]}
@@ -77,15 +73,15 @@ def test_build_data_split_is_stratified_and_val_test_stay_balanced():
 
 
 def test_test_subset_is_balanced_and_the_same_for_every_seed():
-    a = data.build_data(full_args(test_per_class=3), seed=0)
-    b = data.build_data(full_args(test_per_class=3), seed=5)
+    a = data.build_data(**full_args(test_per_class=3), seed=0)
+    b = data.build_data(**full_args(test_per_class=3), seed=5)
     assert a["counts"]["test"] == [3] * 10 and torch.equal(a["x_test"], b["x_test"])
     assert not torch.equal(a["x_train"], b["x_train"])  # the seed still moves the validation split
 
 
 def test_train_corruption_replaces_the_requested_share():
-    clean = data.build_data(full_args(), seed=0)
-    dirty = data.build_data(full_args(train_corruption="contrast", train_severity=5, train_corruption_fraction=0.25), seed=0)
+    clean = data.build_data(**full_args(), seed=0)
+    dirty = data.build_data(**full_args(train_corruption="contrast", train_severity=5, train_corruption_fraction=0.25), seed=0)
     changed = (clean["x_train"] != dirty["x_train"]).flatten(1).any(1)
     assert changed.sum().item() == round(0.25 * len(clean["x_train"]))
     assert torch.equal(clean["y_train"], dirty["y_train"])
@@ -270,11 +266,37 @@ def test_unknown_corruption_and_severity_are_rejected(photos):
 
 def test_max_per_class_caps_the_pool_and_regimes_nest_inside_it():
     labels = torch.arange(10).repeat_interleave(500)
-    capped = lambda **kw: data.regime_indices(labels, 10, regime_args(max_per_class=50, **kw), seed=1)
+    capped = lambda **kw: data.regime_indices(labels, 10, 1, **regime_args(max_per_class=50, **kw))
     pool = set(capped().tolist())
     assert torch.bincount(labels[capped()], minlength=10).tolist() == [50] * 10
     sparse = set(capped(regime="sparse", fraction=0.2).tolist())
     assert len(sparse) == 100 and sparse < pool
-    assert sparse < set(data.regime_indices(labels, 10, regime_args(regime="sparse", fraction=0.2), seed=1).tolist())
+    assert sparse < set(data.regime_indices(labels, 10, 1, **regime_args(regime="sparse", fraction=0.2)).tolist())
     long_tail = capped(regime="imbalanced", imbalance_ratio=10.0)
     assert torch.bincount(labels[long_tail], minlength=10).tolist() == data.long_tail_counts(50, 10, 10.0)
+
+
+def test_data_config_fills_regime_defaults_and_keeps_only_what_applies():
+    assert data.data_config(dict(regime="sparse", fraction=None)) == dict(dataset="cifar10", regime="sparse",
+                                                                          val_fraction=0.1, fraction=0.1)
+    assert data.data_config(dict(regime="sparse", per_class=7)) == dict(dataset="cifar10", regime="sparse",
+                                                                        val_fraction=0.1, per_class=7)
+    assert data.data_config(dict(regime="imbalanced", dataset="synthetic")) == dict(
+        dataset="synthetic", regime="imbalanced", val_fraction=0.1, imbalance_ratio=100.0, imbalance_profile="exp",
+        synthetic_per_class=500, synthetic_size=32)
+    assert data.data_config(dict(regime="many-classes"))["dataset"] == "cifar100"
+    assert data.data_config(dict(regime="corrupted"))["corruptions"] == list(data.CORRUPTIONS)
+    assert data.data_config(dict(regime="corrupted", corruptions="contrast,pixelate"))["corruptions"] == [
+        "contrast", "pixelate"]
+    noisy = data.data_config(dict(train_corruption="contrast"))
+    assert (noisy["train_severity"], noisy["train_corruption_fraction"]) == (3, 0.5)
+    for given, message in ((dict(imbalance_ratio=10.0), "--imbalance-ratio only applies to --regime imbalanced"),
+                           (dict(regime="corrupted", corruptions="fog"), "unknown corruption 'fog'"),
+                           (dict(synthetic_size=24), "--synthetic-size only applies to --dataset synthetic"),
+                           (dict(train_severity=2), "--train-severity only applies to --train-corruption")):
+        with pytest.raises(data.DataError, match=message):
+            data.data_config(given)
+    # The data a config describes is what build_data makes of it.
+    d = data.build_data(**data.data_config(dict(dataset="synthetic", synthetic_per_class=20, synthetic_size=16,
+                                                regime="sparse", per_class=3)), seed=0, download=False)
+    assert d["counts"]["train"] == [3] * 10 and d["counts"]["val"] == [2] * 10 and d["corruptions"] == []

@@ -3,7 +3,7 @@ import pytest
 import torch
 import torchvision
 
-from model import ARCHS, ViT, build_model, count_params
+from model import ARCHS, ViT, build_model, count_params, model_config
 
 
 def test_vit_ti16_matches_published_parameter_count():
@@ -36,3 +36,22 @@ def test_every_arch_builds_and_classifies(arch):
 def test_patch_size_must_divide_image():
     with pytest.raises(ValueError, match="patch size 5 does not divide the image size 32"):
         ViT(10, image_size=32, patch_size=5)
+
+
+def test_model_config_fills_the_preset_and_keeps_only_what_applies():
+    vit = model_config(dict(arch="vit", depth=2, attention="local", stages=None, spt=False))
+    assert vit == dict(arch="vit", depth=2, dim=256, heads=8, mlp_ratio=2.0, patch_size=4, pool="cls", spt=False,
+                       dropout=0.0, drop_path=0.1, attention="local", radius=1, window_shape="square")
+    assert model_config(dict(arch="resnet18-shallow", depth=None)) == dict(arch="resnet18-shallow", stages=2)
+    assert model_config(dict(arch="vit", attention="performer"))["performer_features"] == 111  # 32 ln 32 = 110.9
+    for given, message in ((dict(arch="vit", radius=2), "--radius only applies to --attention dilated, hybrid, local"),
+                           (dict(arch="resnet18", spt=True), "--spt applies to ViTs, not to --arch resnet18"),
+                           (dict(arch="vit", stages=2), "--stages applies to ResNets, not to --arch vit"),
+                           (dict(arch="vit", depth=0), "--depth 0 must be at least 1"),
+                           (dict(arch="vgg"), "unknown architecture 'vgg'; choose from vit, ")):
+        with pytest.raises(ValueError, match=message):
+            model_config(given)
+    # The model built from a config is the one its options say.
+    model = build_model(**model_config(dict(arch="vit", depth=1, dim=32, heads=4, attention="dilated", dilation=3)),
+                        num_classes=10, image_size=16)
+    assert len(model.blocks) == 1 and model.blocks[0].attn.windows == [(1, "square", 3)]
