@@ -2,11 +2,13 @@
 # The whole study in one command: every experiment of the question, ViT and ResNet-18 side by side on the
 # same data (same seed, same subset). Finished runs are skipped and interrupted ones resumed, so running it
 # again after a crash only does what is missing. Then: python analyze.py RUNS_DIR
+# PYTHON names the interpreter its commands use (default python3; e.g. .venv/bin/python).
 set -uo pipefail
 set -f  # no file-name globbing: every word here is meant literally
 
 EXPERIMENTS="regimes data-efficiency shallow locality attention attention-cost matched-params matched-time"
 profile=full seeds="" gpus=0 dry_run=0 only="" runs="" data_dir=data time_budget=""
+python=${PYTHON:-python3}
 
 usage() {
     cat <<EOF
@@ -104,7 +106,7 @@ have_cifar100=0
 [ -d "$data_dir/cifar-100-python" ] && have_cifar100=1
 [ "$profile" = full ] && have_cifar100=1  # the full profile downloads what is missing
 
-launcher=(python3)
+launcher=("$python")
 [ "$gpus" -gt 0 ] && launcher=(torchrun --standalone --nproc_per_node="$gpus")
 
 # ---------------------------------------------------------------- running one job
@@ -118,7 +120,7 @@ job() {  # job NAME ARCH [train.py flags...]: one run per seed, in RUNS/NAME-s<s
         [ -n "${seen[$out]:-}" ] && continue
         seen[$out]=1
         local run_with=("${launcher[@]}")
-        [[ " $* " == *" --time-budget "* ]] && run_with=(python3)
+        [[ " $* " == *" --time-budget "* ]] && run_with=("$python")
         # shellcheck disable=SC2206  # the size flags are meant to split into words
         local cmd=("${run_with[@]}" train.py --arch "$arch" ${size[$arch]} "${common[@]}" "$@" --seed "$seed" --out "$out")
         if [ -f "$out/final.json" ]; then
@@ -202,7 +204,7 @@ if wants attention; then  # 5. every attention variant and SL-ViT beside full at
 fi
 if wants attention-cost; then  # 6. cost of every attention variant against token count (one process, no training)
     bench_out="$runs/bench/bench-attention.json"
-    cmd=(python3 evaluate.py bench-attention "${bench[@]}" --out "$bench_out")
+    cmd=("$python" evaluate.py bench-attention "${bench[@]}" --out "$bench_out")
     if [ -f "$bench_out" ]; then
         done_before=$((done_before + 1)); [ "$dry_run" = 1 ] && echo "# done: ${cmd[*]}"
     elif [ "$dry_run" = 1 ]; then
@@ -232,4 +234,4 @@ if [ ${#failed[@]} -gt 0 ]; then
     echo "  only with the number of processes it started with)"
     exit 1
 fi
-echo "next: python analyze.py $runs"
+echo "next: $python analyze.py $runs"

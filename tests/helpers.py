@@ -6,6 +6,8 @@ import pickle
 import numpy as np
 import torch
 
+import analyze_groups
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Small enough to train in seconds on 2 CPU cores, large enough to learn the synthetic shapes.
@@ -55,8 +57,9 @@ def run_train(out, *args):
 
 def read_run(out):
     """Load a run folder's config.json, metrics.jsonl and final.json (None where missing)."""
-    load = lambda name: json.load(open(os.path.join(out, name))) if os.path.exists(os.path.join(out, name)) else None
-    rows = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))] if os.path.exists(os.path.join(out, "metrics.jsonl")) else []
+    path = lambda name: os.path.join(out, name)
+    load = lambda name: json.load(open(path(name))) if os.path.exists(path(name)) else None
+    rows = [json.loads(line) for line in open(path("metrics.jsonl"))] if os.path.exists(path("metrics.jsonl")) else []
     return load("config.json"), rows, load("final.json")
 
 
@@ -73,3 +76,67 @@ def brute_force_mask(h, w, radius, prefix, dilation=1, shape="square"):
         for b, (r2, c2) in enumerate(coords):
             mask[a + prefix, b + prefix] = (r2 - r1, c2 - c1) in offsets
     return mask
+
+
+# Where fake_run puts a setting: config.json's sections, as train.py writes them (the rest is recorded).
+FAKE_SECTIONS = dict(model={"arch", "attention", "spt", "patch_size", "pool", "dropout", "drop_path", "radius", "window_shape",
+                            "dilation", "dilations", "linformer_k", "linformer_share", "performer_features",
+                            "landmarks", "pinv_iters", "nystrom_conv", "stages"},
+                     data={"dataset", "regime", "fraction", "per_class", "imbalance_ratio", "imbalance_profile",
+                           "max_per_class", "corruptions"},
+                     optim={"epochs", "time_budget", "lr", "opt", "momentum", "amp"},
+                     run={"seed", "out", "thresholds", "attention_backend"})
+
+
+def fake_run(root, name, seed, test_acc, arch="vit", regime="standard", train_size=1000, finished=True,
+             final_extra=None, flat=False, **cfg_extra):
+    """Write a run folder with the given numbers (and plausible others) as train.py would: settings go to their
+    config section (None: not written), final_extra updates final.json; flat=True writes the flat config.json of
+    runs from before sections."""
+    out = os.path.join(root, f"{name}-s{seed}")
+    os.makedirs(out)
+    cfg = dict(arch=arch, regime=regime, dataset="cifar10", seed=seed, epochs=2, image_size=32, patch_size=4,
+               thresholds=[0.5, 0.9], sizes=dict(train=train_size), counts_per_class=dict(train=[train_size // 10] * 10),
+               out=out)
+    if not arch.startswith("resnet"):
+        cfg["attention"] = "full"
+    else:
+        del cfg["patch_size"]
+    cfg.update(cfg_extra)
+    if not flat:
+        sections = {s: {k: v for k, v in cfg.items() if k in keys and v is not None} for s, keys in FAKE_SECTIONS.items()}
+        taken = set().union(*FAKE_SECTIONS.values())
+        cfg = dict(sections, recorded={k: v for k, v in cfg.items() if k not in taken})
+    json.dump(cfg, open(os.path.join(out, "config.json"), "w"))
+    rows = [dict(epoch=e, time_s=10.0 * e, lr=0.1, train_loss=1.0, train_acc=test_acc, val_loss=1.0, val_acc=test_acc)
+            for e in (1, 2)]
+    with open(os.path.join(out, "metrics.jsonl"), "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+    if finished:
+        final = dict(test_acc=test_acc, test_top5=min(1, test_acc + 0.1), macro_f1=test_acc - 0.01,
+                     per_class_recall=[test_acc] * 10, params=1000 if arch == "vit" else 2000, flops_per_image=1e6,
+                     throughput_images_per_s=100.0, latency_ms=1.0, train_time_s=20.0, epochs=2, best_val_acc=test_acc,
+                     epochs_to={"0.5": 1, "0.9": None}, seconds_to={"0.5": 10.0, "0.9": None})
+        final.update(final_extra or {})
+        json.dump(final, open(os.path.join(out, "final.json"), "w"))
+
+
+def row_of(report, model, cell):
+    """The markdown table row of a model on a data cell (first table that has it)."""
+    return next(line for line in report.splitlines() if line.startswith(f"| {model} | {cell} |"))
+
+
+def section(tmp_path, fn):
+    """One report section's text on the runs under tmp_path (plots in tmp_path/out), without the rest of the report."""
+    groups, _, _ = analyze_groups.load_groups([str(tmp_path)])
+    return fn(groups, str(tmp_path / "out"))
+
+
+def bench_row(variant, tokens, ms, scope="layer", error=None):
+    """A bench-attention.json result row: ms median with min/max 10% around it, memory 2 MB per ms."""
+    row = dict(variant=variant, scope=scope, grid=int((tokens - 1) ** 0.5), tokens=tokens, backend="sdpa", error=error)
+    if error is None:
+        row.update(forward_ms=dict(median=ms / 3, min=ms / 3, max=ms / 3, repeats=3), forward_peak_memory_mb=ms,
+                   forward_backward_ms=dict(median=ms, min=0.9 * ms, max=1.1 * ms, repeats=3),
+                   forward_backward_peak_memory_mb=2 * ms, flops=1000 * tokens)
+    return row

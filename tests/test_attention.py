@@ -1,6 +1,5 @@
 """Every attention variant against an independent computation: brute-force masks, float64 softmax attention,
 torch.linalg.pinv, exact attention for the approximations at their exact settings."""
-import json
 import math
 
 import pytest

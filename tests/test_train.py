@@ -1,5 +1,4 @@
 """train.py end to end on tiny models and synthetic data: learning, run folder, resume, DDP, bad input."""
-import json
 import math
 import os
 import subprocess

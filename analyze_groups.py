@@ -1,0 +1,384 @@
+"""Run folders into groups of seeds, and the pieces every section of the report is made of: statistics,
+comparisons in words, tables and plots. analyze.py and analyze_attention.py build the report from them.
+
+A run's config.json has model, data, optim and run sections (train.py since 2026-12). The runs of one group
+share their model, data and optim sections: they differ only in their run section (seed, folder, device).
+`sections_of` also reads the flat config.json that train.py wrote before: the compatibility reader.
+"""
+import json
+import math
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from attention import ATTENTION_OPTIONS, shown_options  # noqa: E402
+
+GROUPED = ("model", "data", "optim")  # what was trained: runs that differ only in their run section are seeds
+# A config.json written before sections was flat; these are its keys, by the section each belongs to now.
+FLAT_KEYS = dict(
+    model=["arch", "depth", "dim", "heads", "patch_size", "mlp_ratio", "pool", "spt", "dropout", "drop_path",
+           "stages", "attention", *ATTENTION_OPTIONS],
+    data=["dataset", "regime", "val_fraction", "max_per_class", "test_per_class", "synthetic_per_class",
+          "synthetic_size", "fraction", "per_class", "imbalance_ratio", "imbalance_profile", "corruptions",
+          "train_corruption", "train_severity", "train_corruption_fraction"],
+    optim=["epochs", "batch_size", "opt", "lr", "weight_decay", "momentum", "warmup_epochs", "label_smoothing",
+           "grad_clip", "time_budget", "amp"],
+    run=["seed", "data_dir", "no_download", "device", "out", "resume", "overwrite", "thresholds", "progress",
+         "stop_after_steps", "attention_backend"])
+# Optimiser settings each family has its own defaults of: one data-efficiency curve may differ in them.
+FAMILY_OPTIM_KEYS = {"opt", "lr", "weight_decay", "momentum", "warmup_epochs"}
+
+BASE_ARCHS = ("vit", "resnet18")
+COLORS = {"vit": "tab:blue", "resnet18": "tab:orange"}
+
+
+def family_color(arch):
+    """Blue for every ViT variant, orange for every ResNet."""
+    return COLORS["vit"] if arch.startswith("vit") else COLORS["resnet18"]
+
+
+def sections_of(config):
+    """A run's config in sections: as written since 2026-12, or made from the flat config.json of an older run
+    (the compatibility reader: keys that did not apply, such as a ResNet's pool or a clean run's corruption
+    list, are dropped as train.py drops them now, so old and new runs of one setting form one group)."""
+    if all(isinstance(config.get(s), dict) for s in ("model", "data", "optim", "run")):
+        return config
+    sections = {s: {k: config[k] for k in keys if config.get(k) is not None} for s, keys in FLAT_KEYS.items()}
+    taken = {k for keys in FLAT_KEYS.values() for k in keys} | {"no_amp"}
+    sections["recorded"] = {k: v for k, v in config.items() if k not in taken}
+    model, data, optim = sections["model"], sections["data"], sections["optim"]
+    if model["arch"].startswith("resnet"):
+        sections["model"] = {k: v for k, v in model.items() if k in ("arch", "stages")}
+    drop = {"stages"} if "stages" not in sections["model"] else set()
+    drop |= {"momentum"} if optim.get("opt") != "sgd" else set()
+    drop |= {"corruptions"} if data.get("regime") != "corrupted" else set()
+    drop |= {"train_severity", "train_corruption_fraction"} if not data.get("train_corruption") else set()
+    drop |= {"synthetic_per_class", "synthetic_size"} if data.get("dataset") != "synthetic" else set()
+    for section in (model, data, optim):
+        for k in drop & set(section):
+            del section[k]
+    return sections
+
+
+def flat_view(sections):
+    """The values the report reads, in one dict: the model, data and optim settings, the seed, the thresholds
+    and what the run recorded (data counts, parameters, image size)."""
+    return {**sections["model"], **sections["data"], **sections["optim"], **sections.get("recorded", {}),
+            "seed": sections["run"].get("seed", 0), "thresholds": sections["run"].get("thresholds", [])}
+
+
+def load_runs(roots):
+    """Every run folder under roots: (finished runs as dicts, number of unfinished ones skipped)."""
+    runs, skipped = [], 0
+    for root in roots:
+        for folder, _, files in sorted(os.walk(root)):
+            if "config.json" not in files:
+                continue
+            if "final.json" not in files:
+                skipped += 1
+                continue
+            with open(os.path.join(folder, "config.json")) as f:
+                sections = sections_of(json.load(f))
+            with open(os.path.join(folder, "final.json")) as f:
+                final = json.load(f)
+            rows = []
+            if os.path.exists(os.path.join(folder, "metrics.jsonl")):
+                with open(os.path.join(folder, "metrics.jsonl")) as f:
+                    rows = [json.loads(line) for line in f if line.strip()]
+            runs.append(dict(path=folder, sections=sections, cfg=flat_view(sections), final=final, rows=rows))
+    return runs, skipped
+
+
+def group_dict(sections):
+    """What was trained, as one dict of the model, data and optim settings; None and False count as absent."""
+    return {k: v for s in GROUPED for k, v in sections[s].items() if v is not None and v is not False}
+
+
+def group_runs(runs):
+    """Groups of runs that differ only by seed, each a dict with cfg (of its first run) and its runs."""
+    groups = {}
+    for run in runs:
+        key = json.dumps(group_dict(run["sections"]), sort_keys=True)
+        group = groups.setdefault(key, dict(cfg=run["cfg"], sections=run["sections"], runs=[]))
+        group["runs"].append(run)
+    for g in groups.values():
+        g["runs"].sort(key=lambda r: r["cfg"].get("seed", 0))
+        g["model"] = model_label(g["cfg"])
+        g["cell"] = cell_label(g["cfg"])
+    # Labels must tell apart what differs. First the data cell: where runs trained under different settings
+    # (epochs, pool size, ...) share a cell label, the cell names the keys that differ, so no comparison pairs
+    # runs of different settings. Then the model: what still looks alike differs in a model key, named likewise.
+    for same in buckets(groups.values(), lambda g: g["cell"]):
+        settings = [setting_dict(g["sections"]) for g in same]
+        for g, text in zip(same, bracket(settings)):
+            g["cell"] += text
+    for same in buckets(groups.values(), lambda g: (g["cell"], g["model"])):
+        # A setting some groups have and others lack splits them (the groups differ), so it must name them too.
+        for g, text in zip(same, bracket([group_dict(g["sections"]) for g in same], absent_differs=True)):
+            g["model"] += text
+    return list(groups.values())
+
+
+def bracket(dicts, absent_differs=False):
+    """For each dict, ' [key=value, ...]' of the keys it has among those that differ between the dicts, or ''."""
+    keys = differing(dicts, absent_differs)
+    texts = [", ".join(f"{k}={d[k]}" for k in keys if k in d) for d in dicts]
+    return [f" [{t}]" if t else "" for t in texts]
+
+
+def buckets(items, key):
+    """Lists of the items that share key(item)."""
+    out = {}
+    for item in items:
+        out.setdefault(key(item), []).append(item)
+    return list(out.values())
+
+
+def differing(dicts, absent_differs=False):
+    """The keys whose values differ between the dicts that have them, sorted; with absent_differs, a key's
+    absence counts as a value of its own."""
+    values = lambda k: {json.dumps(d[k], sort_keys=True) if k in d else None for d in dicts
+                        if absent_differs or k in d}
+    return sorted({k for d in dicts for k in d if len(values(k)) > 1})
+
+
+def model_label(cfg):
+    """What was trained: architecture, attention, and budget where they differ from the default."""
+    label = cfg["arch"] + attention_label(cfg)
+    if cfg.get("time_budget"):
+        label += f" {cfg['time_budget']:g}s"
+    return label
+
+
+def attention_label(cfg):
+    """The attention part of a model label: '' for full attention, else e.g. ' dilated r=1 d=2' or
+    ' lsa +spt (SL-ViT)'; the options shown and their short names come from attention.py's table."""
+    kind = cfg.get("attention") or "full"
+    text = "" if kind == "full" else f" {kind}"
+    for short, value, _ in shown_options(cfg):
+        value = ",".join(map(str, value)) if isinstance(value, list) else value
+        text += f" {short}={value}" if short else f" {value}"
+    if cfg.get("spt"):
+        text += " +spt (SL-ViT)" if kind == "lsa" else " +spt"
+    return text
+
+
+def cell_label(cfg):
+    """On what data: regime with its parameter, and dataset."""
+    regime = cfg["regime"]
+    if regime == "sparse":
+        regime += f" n={cfg['per_class']}/class" if cfg.get("per_class") else f" {100 * cfg['fraction']:g}%"
+    elif regime == "imbalanced":
+        regime += f" R={cfg['imbalance_ratio']:g}"
+    return f"{regime} ({cfg['dataset']})"
+
+
+def stats(values):
+    """(mean, sample standard deviation, n) of the non-None values; (None, None, 0) if there are none."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return None, None, 0
+    mean = sum(values) / len(values)
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+    return mean, std, len(values)
+
+
+def metric(group, key):
+    """stats() of final.json's `key` over the group's seeds."""
+    return stats([r["final"].get(key) for r in group["runs"]])
+
+
+def fmt(group, key, scale=100, digits=1):
+    """'mean ± std' of a final.json metric (accuracies shown in percent), or '-'."""
+    mean, std, n = metric(group, key)
+    if mean is None:
+        return "-"
+    if n < 2:
+        return f"{mean * scale:.{digits}f} (n=1)"
+    return f"{mean * scale:.{digits}f} ± {std * scale:.{digits}f}"
+
+
+def table(groups, columns):
+    """A markdown table: one row per group, columns = [(header, fn(group) -> text)]."""
+    lines = ["| model | data | seeds | " + " | ".join(h for h, _ in columns) + " |",
+             "|---|---|---|" + "---|" * len(columns)]
+    for g in groups:
+        lines.append(f"| {g['model']} | {g['cell']} | {len(g['runs'])} | " + " | ".join(fn(g) for _, fn in columns) + " |")
+    return "\n".join(lines)
+
+
+ACC_COLUMNS = [("test acc %", lambda g: fmt(g, "test_acc")), ("top-5 %", lambda g: fmt(g, "test_top5")),
+               ("macro-F1 %", lambda g: fmt(g, "macro_f1")), ("best val %", lambda g: fmt(g, "best_val_acc")),
+               ("params", lambda g: f"{g['runs'][0]['final']['params']:,}"),
+               ("train s", lambda g: fmt(g, "train_time_s", scale=1, digits=0))]
+
+
+def compare(a, b, key="test_acc", what="test accuracy", lower_is_better=False):
+    """One sentence comparing two groups on a metric: who is better, by how much, and against the seed spread."""
+    (ma, sa, na), (mb, sb, nb) = metric(a, key), metric(b, key)
+    if ma is None or mb is None:
+        return f"{a['model']} or {b['model']} has no {what} on {a['cell']}."
+    a_better = ma <= mb if lower_is_better else ma >= mb
+    win, lose, mw, ml, sw, sl, nw, nl = (a, b, ma, mb, sa, sb, na, nb) if a_better else (b, a, mb, ma, sb, sa, nb, na)
+    gap = 100 * abs(mw - ml)
+    if round(gap, 1) == 0:
+        return f"On {a['cell']}, {a['model']} and {b['model']} tie at {100 * ma:.1f}% {what}."
+    text = f"On {a['cell']}, {win['model']} reaches {100 * mw:.1f}% {what} against {100 * ml:.1f}% for {lose['model']}"
+    text += f", {gap:.1f} points {'lower' if lower_is_better else 'ahead'}"
+    if nw < 2 or nl < 2:
+        return text + f"; with {min(nw, nl)} seed(s) the seed-to-seed spread is unknown, so this is not yet a finding."
+    spread = 100 * (sw + sl)
+    if gap > spread:
+        return text + f"; the gap exceeds the seed-to-seed spread (std {100 * sw:.1f} and {100 * sl:.1f} points, {nw} and {nl} seeds)."
+    return text + f"; the gap is within the seed-to-seed spread (std {100 * sw:.1f} and {100 * sl:.1f} points), so they are not separated."
+
+
+def findings(sentences):
+    """The findings paragraph; says so when there was nothing to compare."""
+    sentences = [s for s in sentences if s]
+    return "**Findings.** " + (" ".join(sentences) if sentences else "Only one architecture ran on these cells: nothing to compare yet.")
+
+
+def pairs(groups):
+    """(vit group, resnet18 group) for every data cell where both base models ran."""
+    by_cell = {}
+    for g in groups:
+        if g["model"] in BASE_ARCHS:
+            by_cell.setdefault(g["cell"], {})[g["model"]] = g
+    return [(c["vit"], c["resnet18"]) for c in by_cell.values() if len(c) == 2]
+
+
+def setting_dict(sections):
+    """A run's training setting apart from the model, its optimiser defaults, its time budget and the sparse
+    subset: what one data-efficiency curve holds fixed."""
+    optim = sections["optim"]
+    skip = FAMILY_OPTIM_KEYS | {"time_budget"} | ({"epochs"} if optim.get("time_budget") else set())  # epochs: a cap
+    setting = {k: v for k, v in sections["data"].items() if k not in ("regime", "fraction", "per_class")}
+    return setting | {k: v for k, v in optim.items() if k not in skip}
+
+
+def setting(sections):
+    """setting_dict as a hashable string."""
+    return json.dumps(setting_dict(sections), sort_keys=True)
+
+
+def base(groups):
+    """Groups of the two base models with full attention and no time budget."""
+    return [g for g in groups if g["model"] in BASE_ARCHS]
+
+
+def load_groups(roots):
+    """(groups sorted by data cell and model, finished runs, unfinished runs skipped) of every run under roots."""
+    runs, skipped = load_runs(roots)
+    return sorted(group_runs(runs), key=lambda g: (g["cell"], g["model"])), len(runs), skipped
+
+
+def save(fig, out, name):
+    """Save a figure as out/plots/name.png and return its path relative to out."""
+    os.makedirs(os.path.join(out, "plots"), exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "plots", name + ".png"), dpi=120)
+    plt.close(fig)
+    return f"plots/{name}.png"
+
+
+def slug(text):
+    """A file-name-safe version of a cell label."""
+    return "".join(c if c.isalnum() or c in ".-" else "_" for c in text.replace(" (", "_").replace(")", "")).strip("_")
+
+
+def curves(groups, out, prefix):
+    """Markdown images of training/validation curves, one plot per data cell holding these groups."""
+    cells = list(dict.fromkeys(g["cell"] for g in groups))
+    return [f"![curves {c}]({plot_curves([g for g in groups if g['cell'] == c], out, f'curves_{prefix}_{slug(c)}', 'Accuracy per epoch: ' + c)})"
+            for c in cells]
+
+
+def plot_curves(groups, out, name, title):
+    """Training and validation accuracy against epoch, mean over seeds, one colour per model."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for i, g in enumerate(groups):
+        epochs = min(len(r["rows"]) for r in g["runs"])
+        if not epochs:
+            continue
+        x = list(range(1, epochs + 1))
+        for key, style in (("train_acc", "--"), ("val_acc", "-")):
+            ys = [stats([r["rows"][e][key] for r in g["runs"]])[0] for e in range(epochs)]
+            if any(y is None for y in ys):
+                continue
+            ax.plot(x, [100 * y for y in ys], style, color=COLORS.get(g["model"], f"C{i + 2}"),
+                    label=f"{g['model']} {key.split('_')[0]}")
+    ax.set(xlabel="epoch", ylabel="accuracy (%)", title=title)
+    ax.legend(fontsize=8)
+    return save(fig, out, name)
+
+
+def plot_bars(groups, out, name, title, key="test_acc", ylabel="test accuracy (%)"):
+    """Grouped bars: one group of bars per data cell, one bar per model, error bars = std over seeds."""
+    cells = list(dict.fromkeys(g["cell"] for g in groups))
+    models = list(dict.fromkeys(g["model"] for g in groups))
+    width = 0.8 / len(models)
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(cells)), 4))
+    for j, m in enumerate(models):
+        xs, ys, es = [], [], []
+        for i, c in enumerate(cells):
+            g = next((g for g in groups if g["cell"] == c and g["model"] == m), None)
+            if g is not None and metric(g, key)[0] is not None:
+                mean, std, _ = metric(g, key)
+                xs.append(i + (j - (len(models) - 1) / 2) * width)
+                ys.append(100 * mean)
+                es.append(100 * std)
+        ax.bar(xs, ys, width, yerr=es, capsize=3, label=m, color=COLORS.get(m, f"C{j + 2}"))
+    ax.set_xticks(range(len(cells)), cells, rotation=20, ha="right", fontsize=8)
+    ax.set(ylabel=ylabel, title=title)
+    ax.legend(fontsize=8)
+    return save(fig, out, name)
+
+
+def plot_model_bars(groups, out, name, title):
+    """Test accuracy of one data cell's models side by side, error bars = std over seeds, a dashed line at vit's mean."""
+    fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(groups)), 4.5))
+    ax.bar(range(len(groups)), [100 * metric(g, "test_acc")[0] for g in groups], yerr=[100 * metric(g, "test_acc")[1] for g in groups],
+           capsize=3, color=[family_color(g["cfg"]["arch"]) for g in groups])
+    full = next((g for g in groups if g["model"] == "vit"), None)
+    if full:
+        ax.axhline(100 * metric(full, "test_acc")[0], ls="--", color="grey", lw=1, label="vit (full attention)")
+        ax.legend(fontsize=8)
+    ax.set_xticks(range(len(groups)), [g["model"] for g in groups], rotation=30, ha="right", fontsize=8)
+    ax.set(ylabel="test accuracy (%)", title=title)
+    return save(fig, out, name)
+
+
+def accuracy_line(ax, pts, style, color, label):
+    """Mean test accuracy of [(x, group)] against x, with a ± std band over seeds."""
+    xs = [x for x, _ in pts]
+    mean = [100 * metric(g, "test_acc")[0] for _, g in pts]
+    std = [100 * metric(g, "test_acc")[1] for _, g in pts]
+    ax.plot(xs, mean, style, color=color, label=label)
+    ax.fill_between(xs, [a - s for a, s in zip(mean, std)], [a + s for a, s in zip(mean, std)], color=color, alpha=0.2)
+
+
+def accuracy_errorbar(ax, xs, groups, **style):
+    """Mean test accuracy of the groups at xs, error bars = std over seeds."""
+    ax.errorbar(xs, [100 * metric(g, "test_acc")[0] for g in groups], yerr=[100 * metric(g, "test_acc")[1] for g in groups],
+                capsize=3, **style)
+
+
+def pareto_front(pts):
+    """The (cost, accuracy, ...) points no other point beats (as cheap and more accurate, or cheaper and as accurate), by cost."""
+    front = [p for p in pts if not any(q[0] <= p[0] and q[1] > p[1] or q[0] < p[0] and q[1] >= p[1] for q in pts)]
+    return sorted(front, key=lambda p: p[0])
+
+
+def crossings(xs, ya, yb):
+    """x positions (log-linear interpolation) where curve a - b changes sign between neighbouring points."""
+    found = []
+    for i in range(len(xs) - 1):
+        d0, d1 = ya[i] - yb[i], ya[i + 1] - yb[i + 1]
+        if d0 * d1 < 0:  # a touch without a change of sign is no crossing
+            t = d0 / (d0 - d1)
+            found.append(math.exp(math.log(xs[i]) + t * (math.log(xs[i + 1]) - math.log(xs[i]))))
+    return found

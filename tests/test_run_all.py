@@ -1,0 +1,107 @@
+"""run_all.sh: the grid of commands, skipping finished runs, resuming interrupted ones, bad arguments, a tiny real run."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+import analyze
+from helpers import ROOT
+
+
+def run_all(*args, python="python3"):
+    """bash run_all.sh ARGS with PYTHON=python (the commands printed by a dry run start with it)."""
+    return subprocess.run(["bash", os.path.join(ROOT, "run_all.sh"), *args], capture_output=True, text=True, cwd=ROOT,
+                          env=dict(os.environ, PYTHON=python))
+
+
+def test_full_dry_run_prints_the_whole_grid_once(tmp_path):
+    proc = run_all("--dry-run", "--runs", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    cmds = [line for line in lines if " train.py " in line]
+    # 73 cells x 3 seeds, shared cells once: regimes 10, data efficiency 12, shallow 4, locality 4 cells x 6,
+    # attention 6 + 6 + 8 (local1 and dilated1d2 shared with locality), vit-11m 1, matched time 2
+    assert len(cmds) == len(set(cmds)) == 219
+    r = str(tmp_path)
+    assert f"python3 evaluate.py bench-attention --out {r}/bench/bench-attention.json" in lines and len(lines) == 220
+    assert f"python3 train.py --arch vit --epochs 200 --data-dir data --regime many-classes --attention lsa --spt --seed 2 --out {r}/vit-lsa-spt-many-classes-cifar100-s2" in cmds
+    assert f"python3 train.py --arch vit --epochs 200 --data-dir data --dataset cifar10 --regime sparse --fraction 0.02 --attention dilated --radius 1 --dilation 3 --seed 0 --out {r}/vit-dilated1d3-sparse-f0.02-cifar10-s0" in cmds
+    assert f"python3 train.py --arch vit --epochs 200 --data-dir data --dataset cifar10 --regime sparse --fraction 0.01 --seed 2 --out {r}/vit-sparse-f0.01-cifar10-s2" in cmds
+    assert f"python3 train.py --arch resnet18 --epochs 200 --data-dir data --regime many-classes --seed 0 --out {r}/resnet18-many-classes-cifar100-s0" in cmds
+    assert f"python3 train.py --arch vit-11m --epochs 200 --data-dir data --dataset cifar10 --seed 1 --out {r}/vit-11m-standard-cifar10-s1" in cmds
+    assert f"python3 train.py --arch vit --epochs 200 --data-dir data --dataset cifar10 --attention local --radius 3 --seed 0 --out {r}/vit-local3-standard-cifar10-s0" in cmds
+    assert sum("--imbalance-ratio 100 " in c for c in cmds) == 6 and sum("--regime corrupted" in c for c in cmds) == 6
+    timed = [c for c in cmds if "--time-budget 1200" in c]
+    assert len(timed) == 6 and all("--epochs 1000 --warmup-epochs 50" in c for c in timed)
+    gpus = [c for c in run_all("--dry-run", "--runs", r, "--gpus", "2", "--seeds", "5").stdout.splitlines() if "train.py" in c]
+    assert len(gpus) == 73 and all(c.endswith("-s5") for c in gpus)
+    assert all(c.startswith("torchrun --standalone --nproc_per_node=2 train.py") for c in gpus if "--time-budget" not in c)
+    assert all(c.startswith("python3 train.py") for c in gpus if "--time-budget" in c)
+
+
+def test_quick_dry_run_shrinks_the_grid_and_says_which_data(tmp_path):
+    proc = run_all("--dry-run", "--profile", "quick", "--runs", str(tmp_path), "--data-dir", str(tmp_path / "none"))
+    lines = proc.stdout.splitlines()
+    assert lines[0] == f"quick profile: no CIFAR-10 at {tmp_path}/none/cifar-10-batches-py, using the synthetic dataset"
+    assert f"regimes: many-classes skipped, no CIFAR-100 at {tmp_path}/none/cifar-100-python" in lines
+    cmds = [line for line in lines if "train.py" in line]
+    # regimes 8 (no many-classes) + sparse 4x2 + shallow 4 + locality 2x3 + attention 2x6 + vit-11m 1 + time 2 = 41
+    assert "attention: CIFAR-100 cells skipped, no CIFAR-100 at " + f"{tmp_path}/none/cifar-100-python" in lines
+    assert sum(line.startswith("python3 evaluate.py bench-attention --depth 1 --dim 64 --heads 4 ") for line in lines) == 1
+    assert len(cmds) == 41 and all("--dataset synthetic" in c and "--max-per-class 50" in c and c.endswith("-s0") for c in cmds)
+    assert any(c.startswith("python3 train.py --arch resnet18 --stages 2 --epochs 3") for c in cmds)
+    assert any("--arch vit-shallow --depth 1 --dim 64 --heads 4" in c for c in cmds)
+    (tmp_path / "data" / "cifar-10-batches-py").mkdir(parents=True)
+    cifar = run_all("--dry-run", "--profile", "quick", "--runs", str(tmp_path), "--data-dir", str(tmp_path / "data"))
+    assert cifar.stdout.splitlines()[0] == f"quick profile: CIFAR-10 from {tmp_path}/data/cifar-10-batches-py"
+
+
+def test_finished_runs_are_skipped_and_interrupted_ones_resumed(tmp_path):
+    (tmp_path / "vit-standard-synthetic-s0").mkdir()
+    (tmp_path / "vit-standard-synthetic-s0" / "final.json").write_text("{}")
+    (tmp_path / "resnet18-standard-synthetic-s0").mkdir()
+    (tmp_path / "resnet18-standard-synthetic-s0" / "checkpoint.pt").write_text("")
+    cmds = run_all("--dry-run", "--profile", "quick", "--only", "matched-params", "--runs", str(tmp_path),
+                   "--data-dir", str(tmp_path / "none")).stdout.splitlines()[1:]
+    assert cmds[0].startswith("# done: python3 train.py --arch vit ")
+    assert cmds[1].startswith("python3 train.py --arch resnet18 ") and cmds[1].endswith("resnet18-standard-synthetic-s0 --resume")
+    assert cmds[2].startswith("python3 train.py --arch vit-11m --depth 2 --dim 192 --heads 4 --mlp-ratio 2 ") and len(cmds) == 3
+
+
+def test_one_runs_folder_holds_one_profile(tmp_path):
+    (tmp_path / "PROFILE").write_text("quick\n")
+    proc = run_all("--runs", str(tmp_path), "--only", "matched-params")
+    assert proc.returncode == 2 and f"{tmp_path} holds --profile quick runs; use another --runs folder" in proc.stderr
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--profile", "huge"], "--profile 'huge' is not one of full, quick"),
+    (["--only", "regimes,foo"], "unknown experiment 'foo'; choose from regimes, data-efficiency"),
+    (["--seeds", "0,a"], "--seeds '0,a' is not a comma-separated list of whole numbers"),
+    (["--gpus"], "--gpus needs a value"),
+    (["--frobnicate"], "unknown argument '--frobnicate'"),
+    (["--only", ","], "--only ',' names no experiment"),
+    (["--time-budget", "abc"], "--time-budget 'abc' is not a number of seconds"),
+])
+def test_run_all_bad_arguments_exit_2(args, message):
+    proc = run_all(*args)
+    assert proc.returncode == 2 and message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_quick_profile_on_one_tiny_experiment_runs_and_reports(tmp_path):
+    runs = tmp_path / "runs"
+    proc = run_all("--profile", "quick", "--only", "matched-time", "--time-budget", "2", "--runs", str(runs),
+                   "--data-dir", str(tmp_path / "none"), python=sys.executable)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "2 runs finished now, 0 were already done, 0 failed" in proc.stdout
+    again = run_all("--profile", "quick", "--only", "matched-time", "--time-budget", "2", "--runs", str(runs),
+                    "--data-dir", str(tmp_path / "none"), python=sys.executable)
+    assert "0 runs finished now, 2 were already done, 0 failed" in again.stdout
+    report, n, _ = analyze.write_report([str(runs)], str(tmp_path / "out"))
+    assert n == 2 and "| vit 2s | standard (synthetic) | 1 |" in report and "| resnet18 2s | standard (synthetic) | 1 |" in report
+    for name in ("vit", "resnet18"):
+        final = json.load(open(runs / f"{name}-t2s-standard-synthetic-s0" / "final.json"))
+        assert 2 <= final["train_step_time_s"] < 30
