@@ -32,7 +32,8 @@ def section_regimes(groups, out):
     gs = [g for g in base(groups) if g["cfg"]["regime"] in ("standard", "many-classes", "imbalanced")]
     if not gs:
         return None
-    text = [table(gs, ACC_COLUMNS), f"![test accuracy per regime]({plot_bars(gs, out, 'regimes', 'Test accuracy per regime (mean ± std over seeds)')})"]
+    bars = plot_bars(gs, out, "regimes", "Test accuracy per regime (mean ± std over seeds)")
+    text = [table(gs, ACC_COLUMNS), f"![test accuracy per regime]({bars})"]
     text += curves(gs, out, "regimes")
     text.append(findings(compare(v, r) for v, r in pairs(gs)))
     return "\n\n".join(text)
@@ -65,11 +66,12 @@ def section_data_efficiency(groups, out):
         cross = crossings(common, acc("vit"), acc("resnet18"))
         for x in cross:
             ax.axvline(x, color="grey", linestyle=":")
-        sentences.append(f"On {name}, at the smallest training set ({common[0]:,} images): "
-                         f"{compare(by_arch['vit'][common[0]], by_arch['resnet18'][common[0]])} At the largest ({common[-1]:,}): "
-                         f"{compare(by_arch['vit'][common[-1]], by_arch['resnet18'][common[-1]])} " +
-                         (f"The mean curves cross near {', '.join(f'{x:,.0f}' for x in cross)} training images (a crossing "
-                          "of means: it is only as firm as the gaps on either side)." if cross else
+        at = lambda n: compare(by_arch["vit"][n], by_arch["resnet18"][n])
+        where = ", ".join(f"{x:,.0f}" for x in cross)
+        sentences.append(f"On {name}, at the smallest training set ({common[0]:,} images): {at(common[0])} "
+                         f"At the largest ({common[-1]:,}): {at(common[-1])} " +
+                         (f"The mean curves cross near {where} training images (a crossing of means: it is only as "
+                          "firm as the gaps on either side)." if cross else
                           "The mean curves do not cross in the measured range."))
     ax.set(xscale="log", xlabel="training images (log scale)", ylabel="test accuracy (%)",
            title="Data efficiency (shaded: ± std over seeds; dotted: crossings)")
@@ -118,8 +120,10 @@ def section_imbalanced(groups, out):
     ax.set(xscale="log", xlabel="training images of the class (log scale)", ylabel="test recall of the class (%)",
            title="Per-class recall under long-tailed training")
     ax.legend(fontsize=7)
+    macro_f1 = plot_bars(gs, out, "imbalanced_macro_f1", "Macro-F1 under long-tailed training", "macro_f1",
+                         "macro-F1 (%)")
     return "\n\n".join([table(gs, ACC_COLUMNS[:3]), f"![recall]({save(fig, out, 'imbalanced_recall')})",
-                        f"![macro-F1]({plot_bars(gs, out, 'imbalanced_macro_f1', 'Macro-F1 under long-tailed training', 'macro_f1', 'macro-F1 (%)')})",
+                        f"![macro-F1]({macro_f1})",
                         findings(compare(v, r, "macro_f1", "macro-F1") for v, r in pairs(gs))])
 
 
@@ -133,18 +137,20 @@ def section_corruption(groups, out):
         return "The corrupted runs share no corruption, so there is no common plot; see each run's final.json."
     cols = 4
     panels = len(names) + 2  # one per corruption, their mean, and the relative drop from clean accuracy
-    fig, axes = plt.subplots(math.ceil(panels / cols), cols, figsize=(3 * cols, 2.6 * math.ceil(panels / cols)), squeeze=False)
+    rows = math.ceil(panels / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 2.6 * rows), squeeze=False)
     drop_ax = axes.flat[len(names) + 1]
+    mean_at = lambda run, s: sum(run["final"]["corruption"][n][str(s)] for n in names) / len(names)
     for g in gs:
-        per = [stats([1 - sum(r["final"]["corruption"][n][str(s)] for n in names) / len(names) / max(r["final"]["test_acc"], 1e-12)
-                      for r in g["runs"]]) for s in range(1, 6)]
+        per = [stats([1 - mean_at(r, s) / max(r["final"]["test_acc"], 1e-12) for r in g["runs"]]) for s in range(1, 6)]
         drop_ax.errorbar(range(1, 6), [100 * m for m, _, _ in per], yerr=[100 * s for _, s, _ in per], marker="o",
                          capsize=2, color=COLORS[g["model"]])
-    drop_ax.set(title="relative drop from clean", xlabel="severity", ylabel="drop (% of clean accuracy)", xticks=range(1, 6))
+    drop_ax.set(title="relative drop from clean", xlabel="severity", ylabel="drop (% of clean accuracy)",
+                xticks=range(1, 6))
     for ax, name in zip(axes.flat, names + ["mean"]):
         for g in gs:
-            per = [stats([(r["final"]["corruption"][name][str(s)] if name != "mean" else
-                           sum(r["final"]["corruption"][n][str(s)] for n in names) / len(names)) for r in g["runs"]]) for s in range(1, 6)]
+            acc = lambda r, s: r["final"]["corruption"][name][str(s)] if name != "mean" else mean_at(r, s)
+            per = [stats([acc(r, s) for r in g["runs"]]) for s in range(1, 6)]
             ax.errorbar(range(1, 6), [100 * m for m, _, _ in per], yerr=[100 * s for _, s, _ in per], marker="o",
                         capsize=2, color=COLORS[g["model"]], label=f"{g['model']} ({g['cfg']['dataset']})")
         ax.set(title=name, xlabel="severity", ylabel="accuracy (%)", xticks=range(1, 6))
@@ -185,16 +191,20 @@ def section_matched(groups, out):
 def section_cost(groups, out):
     """Accuracy against parameters, FLOPs and training time, with the Pareto front marked."""
     fig, axes = plt.subplots(1, 3, figsize=(13, 4))
-    for ax, (key, label, scale) in zip(axes, (("params", "parameters", 1), ("flops_per_image", "forward FLOPs per image", 1),
-                                              ("train_time_s", "training time, s", 1))):
-        pts = [(metric(g, key)[0] * scale, 100 * metric(g, "test_acc")[0], g) for g in groups if g["cfg"]["regime"] == "standard"]
+    axis_names = (("params", "parameters"), ("flops_per_image", "forward FLOPs per image"),
+                  ("train_time_s", "training time, s"))
+    legend = [plt.Line2D([], [], color=c, marker="o", ls="", label=f"{a} variants") for a, c in COLORS.items()]
+    legend.append(plt.Line2D([], [], color="k", ls="--", label="Pareto front"))
+    for ax, (key, label) in zip(axes, axis_names):
+        standard = [g for g in groups if g["cfg"]["regime"] == "standard"]
+        pts = [(metric(g, key)[0], 100 * metric(g, "test_acc")[0], g) for g in standard]
         for x, y, g in pts:
             ax.scatter(x, y, color=family_color(g["cfg"]["arch"]), s=18)
         front = pareto_front(pts)
         ax.plot([p[0] for p in front], [p[1] for p in front], "k--", lw=1, label="Pareto front")
-        ax.set(xscale="log", xlabel=f"{label} (log scale)", ylabel="test accuracy (%)", title=f"Accuracy vs {label} (standard data)")
-        ax.legend(fontsize=8, handles=[plt.Line2D([], [], color=c, marker="o", ls="", label=f"{a} variants") for a, c in COLORS.items()] +
-                  [plt.Line2D([], [], color="k", ls="--", label="Pareto front")])
+        ax.set(xscale="log", xlabel=f"{label} (log scale)", ylabel="test accuracy (%)",
+               title=f"Accuracy vs {label} (standard data)")
+        ax.legend(fontsize=8, handles=legend)
     columns = [("test acc %", ACC_COLUMNS[0][1]), ("params", ACC_COLUMNS[4][1]),
                ("GFLOPs", lambda g: f"{metric(g, 'flops_per_image')[0] / 1e9:.3f}"),
                ("train s", ACC_COLUMNS[5][1]), ("inference img/s", lambda g: fmt(g, "throughput_images_per_s", 1, 0)),
@@ -210,7 +220,9 @@ def section_convergence(groups, out):
     def cell(field, t):
         def text(g):
             mean, std, n = reached(g, field, t)
-            return "-" if mean is None else f"{mean:.0f} ± {std:.0f}" + ("" if n == len(g["runs"]) else f" ({n}/{len(g['runs'])})")
+            if mean is None:
+                return "-"
+            return f"{mean:.0f} ± {std:.0f}" + ("" if n == len(g["runs"]) else f" ({n}/{len(g['runs'])})")
         return text
     text = ["Epochs to threshold (mean ± std over the seeds that reached it; '-': none reached it, or the run had no "
             "validation set):\n\n" +
@@ -228,7 +240,8 @@ def section_convergence(groups, out):
                 ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], marker="o", capsize=2,
                             color=COLORS[cfg["arch"]], ls="--" if cfg.get("time_budget") else "-",
                             label=f"{g['model']} ({g['cell']})")
-        ax.set(xlabel="validation accuracy threshold (%)", ylabel=f"{unit} to reach it", title=f"{unit.capitalize()} to accuracy, standard data")
+        ax.set(xlabel="validation accuracy threshold (%)", ylabel=f"{unit} to reach it",
+               title=f"{unit.capitalize()} to accuracy, standard data")
         if ax.lines:
             ax.legend(fontsize=8)
         else:
@@ -238,10 +251,10 @@ def section_convergence(groups, out):
     return "\n\n".join(text)
 
 
-SECTIONS = [("Regimes", section_regimes), ("Data efficiency", section_data_efficiency), ("Shallow networks", section_shallow),
-            ("Attention locality", section_locality), ("Attention variants", section_attention_variants),
-            ("Attention cost scaling", section_attention_scaling), ("Attention distance", section_attention_distance),
-            ("Imbalanced data", section_imbalanced),
+SECTIONS = [("Regimes", section_regimes), ("Data efficiency", section_data_efficiency),
+            ("Shallow networks", section_shallow), ("Attention locality", section_locality),
+            ("Attention variants", section_attention_variants), ("Attention cost scaling", section_attention_scaling),
+            ("Attention distance", section_attention_distance), ("Imbalanced data", section_imbalanced),
             ("Corruptions", section_corruption), ("Matched budgets", section_matched), ("Cost", section_cost),
             ("Convergence", section_convergence)]
 
@@ -279,7 +292,8 @@ def main(argv=None):
         return 2
     out = a.out or a.runs[0]
     _, n, skipped = write_report(a.runs, out)
-    print(f"{n} finished runs, {skipped} unfinished skipped: wrote {os.path.join(out, 'report.md')} and {os.path.join(out, 'plots')}/")
+    report, plots = os.path.join(out, "report.md"), os.path.join(out, "plots")
+    print(f"{n} finished runs, {skipped} unfinished skipped: wrote {report} and {plots}/")
     return 0
 
 

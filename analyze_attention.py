@@ -17,11 +17,13 @@ from analyze_groups import (ACC_COLUMNS, BASE_ARCHS, COLORS, accuracy_errorbar, 
 def windowed(g):
     """A ViT with a local or dilated window (no SPT, no time budget): the runs of the locality experiment."""
     cfg = g["cfg"]
-    return cfg["arch"] == "vit" and cfg.get("attention") in ("local", "dilated") and not cfg.get("spt") and not cfg.get("time_budget")
+    return (cfg["arch"] == "vit" and cfg.get("attention") in ("local", "dilated") and not cfg.get("spt")
+            and not cfg.get("time_budget"))
 
 
 def section_locality(groups, out):
-    """ViT accuracy against attention radius per data cell (full attention as the widest radius), and against data fraction."""
+    """ViT accuracy against attention radius per data cell (full attention as the widest radius), and against data
+    fraction."""
     cells = {g["cell"] for g in groups if windowed(g)}
     if not cells:
         return None
@@ -40,18 +42,21 @@ def section_locality(groups, out):
             accuracy_errorbar(ax, [reach(g) for g in dilated], dilated, marker="s", ls="none", color=f"C{i}",
                               label=f"{c}, dilated (at radius x dilation)")
         ranked = sorted(cg, key=lambda g: -metric(g, "test_acc")[0])
-        sentences.append(f"On {c}, by mean test accuracy: " + ", ".join(f"{g['model']} {fmt(g, 'test_acc')}" for g in ranked) +
-                         "." + (" Top two: " + compare(ranked[0], ranked[1]) if len(ranked) > 1 else ""))
+        order = ", ".join(f"{g['model']} {fmt(g, 'test_acc')}" for g in ranked)
+        top_two = " Top two: " + compare(ranked[0], ranked[1]) if len(ranked) > 1 else ""
+        sentences.append(f"On {c}, by mean test accuracy: {order}.{top_two}")
     ax.set(xlabel=f"attention radius (patches; {grid - 1} = whole grid = full attention)", ylabel="test accuracy (%)",
            title="ViT accuracy against attention locality")
     ax.legend(fontsize=8)
-    text = [table(sorted(gs, key=lambda g: (g["cell"], g["model"])), ACC_COLUMNS), f"![locality]({save(fig, out, 'locality')})"]
+    text = [table(sorted(gs, key=lambda g: (g["cell"], g["model"])), ACC_COLUMNS),
+            f"![locality]({save(fig, out, 'locality')})"]
     text += [locality_fractions(groups, out) or "", *curves(gs, out, "locality"), findings(sentences)]
     return "\n\n".join(t for t in text if t)
 
 
 def locality_fractions(groups, out):
-    """Markdown image of accuracy against data fraction per window, beside vit and resnet18; None if no window ran at two fractions."""
+    """Markdown image of accuracy against data fraction per window, beside vit and resnet18; None if no window ran
+    at two fractions."""
     fraction = lambda g: {"standard": 1.0, "sparse": g["cfg"].get("fraction")}.get(g["cfg"]["regime"])
     lines = {}  # (training setting, model) -> [(fraction, group)]
     for g in groups:
@@ -79,11 +84,13 @@ def locality_fractions(groups, out):
 def is_variant(g):
     """A ViT with an attention other than full, or with SPT (no time budget)."""
     cfg = g["cfg"]
-    return cfg["arch"] == "vit" and not cfg.get("time_budget") and ((cfg.get("attention") or "full") != "full" or bool(cfg.get("spt")))
+    other = (cfg.get("attention") or "full") != "full" or bool(cfg.get("spt"))
+    return cfg["arch"] == "vit" and not cfg.get("time_budget") and other
 
 
 VARIANT_COLUMNS = [("test acc %", ACC_COLUMNS[0][1]), ("params", ACC_COLUMNS[4][1]),
-                   ("GFLOPs", lambda g: fmt(g, "flops_per_image", 1e-9, 3)), ("latency ms", lambda g: fmt(g, "latency_ms", 1, 2)),
+                   ("GFLOPs", lambda g: fmt(g, "flops_per_image", 1e-9, 3)),
+                   ("latency ms", lambda g: fmt(g, "latency_ms", 1, 2)),
                    ("peak memory MB", lambda g: fmt(g, "peak_memory_mb", 1, 0)), ("train s", ACC_COLUMNS[5][1])]
 
 
@@ -92,7 +99,8 @@ COST_AXES = [("latency_ms", "latency (ms, batch 1)"), ("flops_per_image", "forwa
 
 
 def section_attention_variants(groups, out):
-    """Per data cell, every attention variant beside full attention and resnet18: accuracy, then accuracy against cost."""
+    """Per data cell, every attention variant beside full attention and resnet18: accuracy, then accuracy against
+    cost."""
     cells = sorted({g["cell"] for g in groups if is_variant(g)})
     if not cells:
         return None
@@ -101,8 +109,8 @@ def section_attention_variants(groups, out):
         gs = sorted((g for g in groups if g["cell"] == c and (is_variant(g) or g["model"] in BASE_ARCHS)),
                     key=lambda g: (g["model"] not in BASE_ARCHS, g["model"]))
         full = next((g for g in gs if g["model"] == "vit"), None)
-        text += [f"### {c}", table(gs, VARIANT_COLUMNS),
-                 f"![attention variants {c}]({plot_model_bars(gs, out, f'attention_variants_{slug(c)}', f'Test accuracy by attention: {c}')})",
+        bars = plot_model_bars(gs, out, f"attention_variants_{slug(c)}", f"Test accuracy by attention: {c}")
+        text += [f"### {c}", table(gs, VARIANT_COLUMNS), f"![attention variants {c}]({bars})",
                  findings([compare(g, full) for g in gs if is_variant(g)] if full else
                           [f"No full-attention vit ran on {c}: nothing to compare the variants with."]),
                  cost_fronts(gs, out, c)]
@@ -110,14 +118,16 @@ def section_attention_variants(groups, out):
 
 
 def cost_fronts(gs, out, cell):
-    """Accuracy against latency, FLOPs and (where measured) peak memory for one cell's groups, each Pareto front drawn and listed."""
+    """Accuracy against latency, FLOPs and (where measured) peak memory for one cell's groups, each Pareto front
+    drawn and listed."""
     panels, sentences = [], []
     for key, label in COST_AXES:
-        pts = [(metric(g, key)[0], 100 * metric(g, "test_acc")[0], g) for g in gs if metric(g, "test_acc")[0] is not None]
+        measured = [g for g in gs if metric(g, "test_acc")[0] is not None]
+        pts = [(metric(g, key)[0], 100 * metric(g, "test_acc")[0], g) for g in measured]
         unmeasured = [g["model"] for x, _, g in pts if x is None]
         if unmeasured:
-            sentences.append(f"No {label} for {', '.join(unmeasured)}" +
-                             (" (it is measured on CUDA only; these runs were on CPU)." if key == "peak_memory_mb" else "."))
+            why = " (it is measured on CUDA only; these runs were on CPU)." if key == "peak_memory_mb" else "."
+            sentences.append(f"No {label} for {', '.join(unmeasured)}{why}")
         pts = [p for p in pts if p[0] is not None]
         if pts:
             panels.append((label, pts))
@@ -130,7 +140,8 @@ def cost_fronts(gs, out, cell):
             ax.annotate(g["model"], (x, y), xytext=(3, 3), textcoords="offset points", fontsize=6)
         front = pareto_front(pts)
         ax.plot([p[0] for p in front], [p[1] for p in front], "k--", lw=1, label="Pareto front")
-        ax.set(xlabel=label, ylabel="test accuracy (%)", title=f"Accuracy vs {label.split(' (')[0]}")  # linear: one cell spans little
+        # Linear axes: one cell's models span little.
+        ax.set(xlabel=label, ylabel="test accuracy (%)", title=f"Accuracy vs {label.split(' (')[0]}")
         ax.legend(fontsize=8)
     fig.suptitle(cell, fontsize=9)
     path = save(fig, out, f"attention_cost_{slug(cell)}")
@@ -189,7 +200,8 @@ def section_attention_scaling(benches, out):
 
 
 def plot_scaling(rows, out, name, title):
-    """Log-log forward+backward time (and peak memory where measured) against tokens, one line per variant, T and T^2 references."""
+    """Log-log forward+backward time (and peak memory where measured) against tokens, one line per variant, with
+    T and T^2 references."""
     variants = list(dict.fromkeys(r["variant"] for r in rows))
     panels = [("forward_backward_ms", "forward+backward ms (median; bars: min-max)"),
               ("forward_backward_peak_memory_mb", "forward+backward peak memory (MB)")]
@@ -197,8 +209,8 @@ def plot_scaling(rows, out, name, title):
     n = max(1, len(panels))  # one empty panel when every size failed
     fig, axes = plt.subplots(1, n, figsize=(6 * n, 4.5), squeeze=False)
     for ax, (key, label) in zip(axes[0], panels):
-        lines = {v: sorted((r for r in rows if r["variant"] == v and bench_value(r, key) is not None), key=lambda r: r["tokens"])
-                 for v in variants}
+        lines = {v: sorted((r for r in rows if r["variant"] == v and bench_value(r, key) is not None),
+                           key=lambda r: r["tokens"]) for v in variants}
         for j, (v, pts) in enumerate(lines.items()):
             xs, ys = [r["tokens"] for r in pts], [bench_value(r, key) for r in pts]
             spread = None if not key.endswith("_ms") else [[y - r[key]["min"] for y, r in zip(ys, pts)],
@@ -216,11 +228,13 @@ def plot_scaling(rows, out, name, title):
 
 
 def scaling_summary(rows):
-    """Markdown table variant x tokens of forward+backward median ms with a growth column, and one sentence per variant."""
+    """Markdown table variant x tokens of forward+backward median ms with a growth column, and a sentence per
+    variant."""
     variants = list(dict.fromkeys(r["variant"] for r in rows))
     tokens = sorted({r["tokens"] for r in rows})
     pair = growth_pair(tokens)
-    lines = ["| variant | " + " | ".join(f"{t:,} tokens" for t in tokens) + (f" | growth {pair[0]:,}→{pair[1]:,} |" if pair else " |"),
+    growth = f" | growth {pair[0]:,}→{pair[1]:,} |" if pair else " |"
+    lines = ["| variant | " + " | ".join(f"{t:,} tokens" for t in tokens) + growth,
              "|---|" + "---|" * (len(tokens) + bool(pair))]
     sentences = []
     for v in variants:
@@ -231,14 +245,16 @@ def scaling_summary(rows):
         if small and large:
             ratio, exponent = large / small, math.log(large / small) / math.log(pair[1] / pair[0])
             cells.append(f"{ratio:.1f}x")
-            sentences.append(f"{v}: {small:.2f} ms at {pair[0]:,} tokens, {large:.2f} ms at {pair[1]:,} ({ratio:.1f}x for "
-                             f"{pair[1] / pair[0]:.1f}x the tokens): grows as T^{exponent:.1f}, {growth_words(exponent)}.")
+            sentences.append(f"{v}: {small:.2f} ms at {pair[0]:,} tokens, {large:.2f} ms at {pair[1]:,} ({ratio:.1f}x "
+                             f"for {pair[1] / pair[0]:.1f}x the tokens): grows as T^{exponent:.1f}, "
+                             f"{growth_words(exponent)}.")
         elif pair:
             cells.append("-")
             missing = [f"{t:,} tokens" + (f" ({errors[t]})" if t in errors else "") for t in pair if ms.get(t) is None]
             sentences.append(f"{v}: no growth figure, no time at {' and '.join(missing)}.")
         lines.append(f"| {v} | " + " | ".join(cells) + " |")
-    return ["\n".join(lines), "**Findings.** " + " ".join(sentences) if sentences else "One token count only: no growth to measure."]
+    one = "One token count only: no growth to measure."
+    return ["\n".join(lines), "**Findings.** " + " ".join(sentences) if sentences else one]
 
 
 def head_distances(g):
@@ -270,13 +286,15 @@ def section_attention_distance(groups, out):
         ax.axis("off")
     axes.flat[0].legend(fontsize=7)
     depth = max(len(per_block(g)) for g in gs)
-    columns = [(f"block {b + 1}", lambda g, b=b: f"{per_block(g)[b]:.2f}" if b < len(per_block(g)) else "-") for b in range(depth)]
+    columns = [(f"block {b + 1}", lambda g, b=b: f"{per_block(g)[b]:.2f}" if b < len(per_block(g)) else "-")
+               for b in range(depth)]
     sentences = []
     for c in dict.fromkeys(g["cell"] for g in gs):
         ranked = sorted((g for g in gs if g["cell"] == c), key=lambda g: -per_block(g)[-1])
+        others = ", ".join(f"{per_block(g)[-1]:.2f} for {g['model']}" for g in ranked[1:])
         sentences.append(f"On {c}, in the last block the heads of {ranked[0]['model']} attend farthest on average: "
                          f"{per_block(ranked[0])[-1]:.2f} patches" +
-                         (", against " + ", ".join(f"{per_block(g)[-1]:.2f} for {g['model']}" for g in ranked[1:]) if ranked[1:] else
-                          " (the only model measured there)") + ".")
-    return "\n\n".join(["Mean attention distance in patches (mean over seeds and heads; dots in the plot: single heads):\n\n" +
-                         table(gs, columns), f"![attention distance]({save(fig, out, 'attention_distance')})", findings(sentences)])
+                         (f", against {others}" if others else " (the only model measured there)") + ".")
+    intro = "Mean attention distance in patches (mean over seeds and heads; dots in the plot: single heads):\n\n"
+    return "\n\n".join([intro + table(gs, columns), f"![attention distance]({save(fig, out, 'attention_distance')})",
+                         findings(sentences)])

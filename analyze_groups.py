@@ -206,7 +206,8 @@ def table(groups, columns):
     lines = ["| model | data | seeds | " + " | ".join(h for h, _ in columns) + " |",
              "|---|---|---|" + "---|" * len(columns)]
     for g in groups:
-        lines.append(f"| {g['model']} | {g['cell']} | {len(g['runs'])} | " + " | ".join(fn(g) for _, fn in columns) + " |")
+        cells = " | ".join(fn(g) for _, fn in columns)
+        lines.append(f"| {g['model']} | {g['cell']} | {len(g['runs'])} | {cells} |")
     return "\n".join(lines)
 
 
@@ -216,30 +217,48 @@ ACC_COLUMNS = [("test acc %", lambda g: fmt(g, "test_acc")), ("top-5 %", lambda 
                ("train s", lambda g: fmt(g, "train_time_s", scale=1, digits=0))]
 
 
-def compare(a, b, key="test_acc", what="test accuracy", lower_is_better=False):
-    """One sentence comparing two groups on a metric: who is better, by how much, and against the seed spread."""
+def gap(a, b, key="test_acc", lower_is_better=False):
+    """The numbers behind a comparison of two groups on a metric, in points (100 x the metric): the better and
+    the worse group, their means and stds, the gap, and `verdict`: 'tie' (gap rounds to 0.0), 'unknown' (a group
+    has fewer than 2 seeds), 'separated' (gap larger than the two stds added) or 'within' (not separated);
+    None when a group has no value."""
     (ma, sa, na), (mb, sb, nb) = metric(a, key), metric(b, key)
     if ma is None or mb is None:
-        return f"{a['model']} or {b['model']} has no {what} on {a['cell']}."
+        return None
     a_better = ma <= mb if lower_is_better else ma >= mb
-    win, lose, mw, ml, sw, sl, nw, nl = (a, b, ma, mb, sa, sb, na, nb) if a_better else (b, a, mb, ma, sb, sa, nb, na)
-    gap = 100 * abs(mw - ml)
-    if round(gap, 1) == 0:
-        return f"On {a['cell']}, {a['model']} and {b['model']} tie at {100 * ma:.1f}% {what}."
-    text = f"On {a['cell']}, {win['model']} reaches {100 * mw:.1f}% {what} against {100 * ml:.1f}% for {lose['model']}"
-    text += f", {gap:.1f} points {'lower' if lower_is_better else 'ahead'}"
-    if nw < 2 or nl < 2:
+    first, second = (a, ma, sa, na), (b, mb, sb, nb)
+    (win, mw, sw, nw), (lose, ml, sl, nl) = (first, second) if a_better else (second, first)
+    points = 100 * abs(mw - ml)
+    verdict = ("tie" if round(points, 1) == 0 else "unknown" if min(nw, nl) < 2 else
+               "separated" if points > 100 * (sw + sl) else "within")
+    return dict(better=win, worse=lose, means=(100 * mw, 100 * ml), stds=(100 * sw, 100 * sl), seeds=(nw, nl),
+                points=points, verdict=verdict)
+
+
+def compare(a, b, key="test_acc", what="test accuracy", lower_is_better=False):
+    """One sentence comparing two groups on a metric: who is better, by how much, and against the seed spread."""
+    g = gap(a, b, key, lower_is_better)
+    if g is None:
+        return f"{a['model']} or {b['model']} has no {what} on {a['cell']}."
+    if g["verdict"] == "tie":
+        return f"On {a['cell']}, {a['model']} and {b['model']} tie at {g['means'][0]:.1f}% {what}."
+    (mw, ml), (sw, sl), (nw, nl) = g["means"], g["stds"], g["seeds"]
+    text = (f"On {a['cell']}, {g['better']['model']} reaches {mw:.1f}% {what} against {ml:.1f}% for "
+            f"{g['worse']['model']}, {g['points']:.1f} points {'lower' if lower_is_better else 'ahead'}")
+    if g["verdict"] == "unknown":
         return text + f"; with {min(nw, nl)} seed(s) the seed-to-seed spread is unknown, so this is not yet a finding."
-    spread = 100 * (sw + sl)
-    if gap > spread:
-        return text + f"; the gap exceeds the seed-to-seed spread (std {100 * sw:.1f} and {100 * sl:.1f} points, {nw} and {nl} seeds)."
-    return text + f"; the gap is within the seed-to-seed spread (std {100 * sw:.1f} and {100 * sl:.1f} points), so they are not separated."
+    if g["verdict"] == "separated":
+        return text + (f"; the gap exceeds the seed-to-seed spread (std {sw:.1f} and {sl:.1f} points, {nw} and {nl} "
+                       "seeds).")
+    return text + (f"; the gap is within the seed-to-seed spread (std {sw:.1f} and {sl:.1f} points), so they are "
+                   "not separated.")
 
 
 def findings(sentences):
     """The findings paragraph; says so when there was nothing to compare."""
     sentences = [s for s in sentences if s]
-    return "**Findings.** " + (" ".join(sentences) if sentences else "Only one architecture ran on these cells: nothing to compare yet.")
+    nothing = "Only one architecture ran on these cells: nothing to compare yet."
+    return "**Findings.** " + (" ".join(sentences) if sentences else nothing)
 
 
 def pairs(groups):
@@ -293,8 +312,9 @@ def slug(text):
 def curves(groups, out, prefix):
     """Markdown images of training/validation curves, one plot per data cell holding these groups."""
     cells = list(dict.fromkeys(g["cell"] for g in groups))
-    return [f"![curves {c}]({plot_curves([g for g in groups if g['cell'] == c], out, f'curves_{prefix}_{slug(c)}', 'Accuracy per epoch: ' + c)})"
-            for c in cells]
+    plot = lambda c: plot_curves([g for g in groups if g["cell"] == c], out, f"curves_{prefix}_{slug(c)}",
+                                 "Accuracy per epoch: " + c)
+    return [f"![curves {c}]({plot(c)})" for c in cells]
 
 
 def plot_curves(groups, out, name, title):
@@ -339,9 +359,10 @@ def plot_bars(groups, out, name, title, key="test_acc", ylabel="test accuracy (%
 
 
 def plot_model_bars(groups, out, name, title):
-    """Test accuracy of one data cell's models side by side, error bars = std over seeds, a dashed line at vit's mean."""
+    """Test accuracy of one data cell's models side by side (error bars: std over seeds), a dashed line at vit's."""
     fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(groups)), 4.5))
-    ax.bar(range(len(groups)), [100 * metric(g, "test_acc")[0] for g in groups], yerr=[100 * metric(g, "test_acc")[1] for g in groups],
+    ax.bar(range(len(groups)), [100 * metric(g, "test_acc")[0] for g in groups],
+           yerr=[100 * metric(g, "test_acc")[1] for g in groups],
            capsize=3, color=[family_color(g["cfg"]["arch"]) for g in groups])
     full = next((g for g in groups if g["model"] == "vit"), None)
     if full:
@@ -363,12 +384,14 @@ def accuracy_line(ax, pts, style, color, label):
 
 def accuracy_errorbar(ax, xs, groups, **style):
     """Mean test accuracy of the groups at xs, error bars = std over seeds."""
-    ax.errorbar(xs, [100 * metric(g, "test_acc")[0] for g in groups], yerr=[100 * metric(g, "test_acc")[1] for g in groups],
+    ax.errorbar(xs, [100 * metric(g, "test_acc")[0] for g in groups],
+                yerr=[100 * metric(g, "test_acc")[1] for g in groups],
                 capsize=3, **style)
 
 
 def pareto_front(pts):
-    """The (cost, accuracy, ...) points no other point beats (as cheap and more accurate, or cheaper and as accurate), by cost."""
+    """The (cost, accuracy, ...) points no other beats (as cheap and more accurate, or cheaper and as accurate),
+    sorted by cost."""
     front = [p for p in pts if not any(q[0] <= p[0] and q[1] > p[1] or q[0] < p[0] and q[1] >= p[1] for q in pts)]
     return sorted(front, key=lambda p: p[0])
 

@@ -209,6 +209,7 @@ REGIME_OPTIONS = {"sparse": dict(fraction=None, per_class=None), "corrupted": di
 SYNTHETIC_OPTIONS = dict(synthetic_per_class=500, synthetic_size=32)
 TRAIN_CORRUPTION_OPTIONS = dict(train_severity=3, train_corruption_fraction=0.5)
 DATA_DEFAULTS = dict(regime="standard", val_fraction=0.1)
+SPARSE_FRACTION = 0.1  # sparse without --fraction or --per-class
 
 
 def data_config(given):
@@ -235,7 +236,7 @@ def data_config(given):
         if data["fraction"] is not None and data["per_class"] is not None:
             raise DataError("give --fraction or --per-class, not both")
         if data["per_class"] is None:
-            data["fraction"] = 0.1 if data["fraction"] is None else data["fraction"]
+            data["fraction"] = SPARSE_FRACTION if data["fraction"] is None else data["fraction"]
         data = {k: v for k, v in data.items() if v is not None}
     if regime == "corrupted":
         text = data["corruptions"]

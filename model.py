@@ -26,7 +26,6 @@ RESNET_PRESETS = {
 ARCHS = list(VIT_PRESETS) + list(RESNET_PRESETS)
 # The ViT options every preset shares (its sizes are the preset's): the one home of their defaults.
 VIT_DEFAULTS = dict(pool="cls", spt=False, dropout=0.0, drop_path=0.1, attention="full")
-VIT_SIZES = ["depth", "dim", "heads", "patch_size", "mlp_ratio"]
 
 
 class DropPath(nn.Module):

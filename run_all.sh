@@ -50,7 +50,8 @@ done
 cd "$(dirname "$0")" || exit 2
 
 case "$profile" in full|quick) ;; *) die "--profile '$profile' is not one of full, quick" ;; esac
-[ -z "$time_budget" ] || [[ "$time_budget" =~ ^[0-9]+([.][0-9]+)?$ ]] || die "--time-budget '$time_budget' is not a number of seconds"
+[ -z "$time_budget" ] || [[ "$time_budget" =~ ^[0-9]+([.][0-9]+)?$ ]] ||
+    die "--time-budget '$time_budget' is not a number of seconds"
 [[ "$gpus" =~ ^[0-9]+$ ]] || die "--gpus '$gpus' is not a whole number"
 [ -z "$seeds" ] && { [ "$profile" = full ] && seeds=0,1,2 || seeds=0; }
 [[ "$seeds" =~ ^[0-9]+(,[0-9]+)*$ ]] || die "--seeds '$seeds' is not a comma-separated list of whole numbers"
@@ -122,7 +123,8 @@ job() {  # job NAME ARCH [train.py flags...]: one run per seed, in RUNS/NAME-s<s
         local run_with=("${launcher[@]}")
         [[ " $* " == *" --time-budget "* ]] && run_with=("$python")
         # shellcheck disable=SC2206  # the size flags are meant to split into words
-        local cmd=("${run_with[@]}" train.py --arch "$arch" ${size[$arch]} "${common[@]}" "$@" --seed "$seed" --out "$out")
+        local cmd=("${run_with[@]}" train.py --arch "$arch" ${size[$arch]} "${common[@]}" "$@"
+                   --seed "$seed" --out "$out")
         if [ -f "$out/final.json" ]; then
             done_before=$((done_before + 1))
             [ "$dry_run" = 1 ] && echo "# done: ${cmd[*]}"
@@ -176,18 +178,25 @@ if wants locality; then  # 4. attention locality: local radii and dilations besi
         [ "$f" != 1 ] && cell="sparse-f$f-$dataset" && flags+=(--regime sparse --fraction "$f")
         both "$cell" "${flags[@]}"
         for r in $radii; do job "vit-local$r-$cell" vit "${flags[@]}" --attention local --radius "$r"; done
-        for d in $dilations; do job "vit-dilated1d$d-$cell" vit "${flags[@]}" --attention dilated --radius 1 --dilation "$d"; done
+        for d in $dilations; do
+            job "vit-dilated1d$d-$cell" vit "${flags[@]}" --attention dilated --radius 1 --dilation "$d"
+        done
     done
 fi
 if wants attention; then  # 5. every attention variant and SL-ViT beside full attention and ResNet-18
     # Linformer and Nystromformer keep a quarter of the 64 patch tokens (k = 16, 16 landmarks): at k = 64
     # Linformer would not compress a 32 px image at all.
     variants=("local1:--attention local --radius 1" "dilated1d2:--attention dilated --radius 1 --dilation 2"
-              "hybrid1d1-2-4:--attention hybrid --radius 1 --dilations 1,2,4" "linformer16:--attention linformer --linformer-k 16"
+              "hybrid1d1-2-4:--attention hybrid --radius 1 --dilations 1,2,4"
+              "linformer16:--attention linformer --linformer-k 16"
               "performer:--attention performer" "nystrom16:--attention nystrom --landmarks 16" "lsa:--attention lsa"
               "lsa-spt:--attention lsa --spt")
     cells=("standard-$dataset" "sparse-f0.1-$dataset")
-    if [ "$have_cifar100" = 1 ]; then cells+=("many-classes-cifar100"); else echo "attention: CIFAR-100 cells skipped, no CIFAR-100 at $data_dir/cifar-100-python"; fi
+    if [ "$have_cifar100" = 1 ]; then
+        cells+=("many-classes-cifar100")
+    else
+        echo "attention: CIFAR-100 cells skipped, no CIFAR-100 at $data_dir/cifar-100-python"
+    fi
     for cell in "${cells[@]}"; do
         case "$cell" in
             standard*) flags=("${data_flags[@]}") ;;
@@ -221,7 +230,8 @@ if wants matched-params; then  # 7a. equal parameter counts
 fi
 if wants matched-time; then  # 7b. equal wall-clock training time, not equal epochs
     # --epochs is only a cap here; the warm-up is 5% of the budget (warm-up epochs / epochs).
-    both "t${time_budget}s-standard-$dataset" "${data_flags[@]}" --time-budget "$time_budget" --epochs 1000 --warmup-epochs 50
+    both "t${time_budget}s-standard-$dataset" "${data_flags[@]}" --time-budget "$time_budget" \
+        --epochs 1000 --warmup-epochs 50
 fi
 # 8. convergence (epochs and seconds to each accuracy threshold) is in every run's final.json.
 

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from attention import ATTENTION_OPTIONS, ATTENTIONS, option_flag, shown_options
-from data import (CORRUPTIONS, DATA_DEFAULTS, DATASETS, REGIME_OPTIONS, REGIMES, SYNTHETIC_OPTIONS,
+from data import (CORRUPTIONS, DATA_DEFAULTS, DATASETS, REGIME_OPTIONS, REGIMES, SPARSE_FRACTION, SYNTHETIC_OPTIONS,
                   TRAIN_CORRUPTION_OPTIONS, augment, data_config, epoch_plan, normalize, rank_batches)
 from evaluate import (SECTIONS, Parser, attention_backend, autocast, build_run_data, build_run_model, device_name,
                       evaluate_split, fail, final_metrics, git_commit, load_checkpoint, make_device, read_config,
@@ -71,7 +71,7 @@ def get_parser():
     a("--synthetic-size", type=int,
       help=f"synthetic: image side in pixels (default {SYNTHETIC_OPTIONS['synthetic_size']})")
     a = group("data", "regimes")
-    a("--fraction", type=float, help="sparse: share of each class kept, in (0, 1] (default 0.1)")
+    a("--fraction", type=float, help=f"sparse: share of each class kept, in (0, 1] (default {SPARSE_FRACTION})")
     a("--per-class", type=int, help="sparse: images kept per class (instead of --fraction)")
     a("--imbalance-ratio", type=float,
       help=f"imbalanced: largest / smallest class (>= 1, default {REGIME_OPTIONS['imbalanced']['imbalance_ratio']:g})")

@@ -14,7 +14,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_VIT = ["--arch", "vit", "--depth", "2", "--dim", "64", "--heads", "4", "--lr", "2e-3"]
 TINY_RESNET = ["--arch", "resnet18-shallow", "--stages", "1"]
 TINY_DATA = ["--dataset", "synthetic", "--synthetic-size", "16", "--synthetic-per-class", "60",
-             "--batch-size", "32", "--warmup-epochs", "1"]
+             "--batch-size", "32", "--warmup-epochs", "1", "--device", "cpu"]
 
 
 def write_cifar_folder(root, name, train_per_class, test_per_class, seed=0):
@@ -79,9 +79,9 @@ def brute_force_mask(h, w, radius, prefix, dilation=1, shape="square"):
 
 
 # Where fake_run puts a setting: config.json's sections, as train.py writes them (the rest is recorded).
-FAKE_SECTIONS = dict(model={"arch", "attention", "spt", "patch_size", "pool", "dropout", "drop_path", "radius", "window_shape",
-                            "dilation", "dilations", "linformer_k", "linformer_share", "performer_features",
-                            "landmarks", "pinv_iters", "nystrom_conv", "stages"},
+FAKE_SECTIONS = dict(model={"arch", "attention", "spt", "patch_size", "pool", "dropout", "drop_path", "radius",
+                            "window_shape", "dilation", "dilations", "linformer_k", "linformer_share",
+                            "performer_features", "landmarks", "pinv_iters", "nystrom_conv", "stages"},
                      data={"dataset", "regime", "fraction", "per_class", "imbalance_ratio", "imbalance_profile",
                            "max_per_class", "corruptions"},
                      optim={"epochs", "time_budget", "lr", "opt", "momentum", "amp"},
@@ -96,15 +96,16 @@ def fake_run(root, name, seed, test_acc, arch="vit", regime="standard", train_si
     out = os.path.join(root, f"{name}-s{seed}")
     os.makedirs(out)
     cfg = dict(arch=arch, regime=regime, dataset="cifar10", seed=seed, epochs=2, image_size=32, patch_size=4,
-               thresholds=[0.5, 0.9], sizes=dict(train=train_size), counts_per_class=dict(train=[train_size // 10] * 10),
-               out=out)
+               thresholds=[0.5, 0.9], sizes=dict(train=train_size), out=out,
+               counts_per_class=dict(train=[train_size // 10] * 10))
     if not arch.startswith("resnet"):
         cfg["attention"] = "full"
     else:
         del cfg["patch_size"]
     cfg.update(cfg_extra)
     if not flat:
-        sections = {s: {k: v for k, v in cfg.items() if k in keys and v is not None} for s, keys in FAKE_SECTIONS.items()}
+        sections = {s: {k: v for k, v in cfg.items() if k in keys and v is not None}
+                    for s, keys in FAKE_SECTIONS.items()}
         taken = set().union(*FAKE_SECTIONS.values())
         cfg = dict(sections, recorded={k: v for k, v in cfg.items() if k not in taken})
     json.dump(cfg, open(os.path.join(out, "config.json"), "w"))

@@ -23,9 +23,15 @@ def test_seeds_are_aggregated_and_findings_state_the_measured_gap(tmp_path):
     # test acc, top-5, macro-F1, best val, params, train s: mean ± sample std over 3 seeds, in percent.
     assert row_of(report, "vit", "standard (cifar10)") == \
         "| vit | standard (cifar10) | 3 | 82.0 ± 2.0 | 92.0 ± 2.0 | 81.0 ± 2.0 | 82.0 ± 2.0 | 1,000 | 20 ± 0 |"
-    assert row_of(report, "resnet18", "standard (cifar10)").startswith("| resnet18 | standard (cifar10) | 3 | 90.0 ± 0.0 |")
+    assert row_of(report, "resnet18", "standard (cifar10)").startswith(
+        "| resnet18 | standard (cifar10) | 3 | 90.0 ± 0.0 |")
+    groups = {g["model"]: g for g in analyze_groups.load_groups([str(tmp_path)])[0]}
+    gap = analyze_groups.gap(groups["vit"], groups["resnet18"])
+    assert (gap["better"]["model"], gap["worse"]["model"], gap["verdict"]) == ("resnet18", "vit", "separated")
+    assert gap["means"] == pytest.approx((90.0, 82.0)) and gap["points"] == pytest.approx(8.0)
+    assert gap["stds"] == pytest.approx((0.0, 2.0)) and gap["seeds"] == (3, 3)  # 8 > 0 + 2: separated
     assert ("resnet18 reaches 90.0% test accuracy against 82.0% for vit, 8.0 points ahead; the gap exceeds the "
-            "seed-to-seed spread (std 0.0 and 2.0 points, 3 and 3 seeds)") in report
+            "seed-to-seed spread (std 0.0 and 2.0 points, 3 and 3 seeds)") in report  # the report says so
     for png in ("regimes", "curves_regimes_standard_cifar10", "cost", "convergence"):
         assert os.path.getsize(tmp_path / "out" / "plots" / f"{png}.png") > 1000
     assert "## Corruptions\n\nNo runs for this section yet" in report  # missing data: a note, not a crash
@@ -38,11 +44,23 @@ def test_gap_within_the_spread_is_not_called_a_win(tmp_path):
     for seed in range(2):
         fake_run(tmp_path, "resnet18-standard", seed, 0.86, arch="resnet18")
     report, _, _ = analyze.write_report([str(tmp_path)], str(tmp_path / "out"))
-    assert "1.0 points ahead; the gap is within the seed-to-seed spread (std 0.0 and 7.1 points), so they are not separated" in report
+    groups = {g["model"]: g for g in analyze_groups.load_groups([str(tmp_path)])[0]}
+    gap = analyze_groups.gap(groups["vit"], groups["resnet18"])
+    # 85 against 86: 1 point, less than the stds 7.07 (0.80, 0.90) + 0 added.
+    assert (gap["better"]["model"], gap["points"], gap["verdict"]) == ("resnet18", pytest.approx(1.0), "within")
+    assert gap["stds"] == pytest.approx((0.0, 100 * 0.1 / 2 ** 0.5))
+    assert ("1.0 points ahead; the gap is within the seed-to-seed spread (std 0.0 and 7.1 points), so they are not "
+            "separated") in report
     fake_run(tmp_path / "one", "vit-standard", 0, 0.7)
     fake_run(tmp_path / "one", "resnet18-standard", 0, 0.6, arch="resnet18")
     report, _, _ = analyze.write_report([str(tmp_path / "one")], str(tmp_path / "out1"))
+    one = {g["model"]: g for g in analyze_groups.load_groups([str(tmp_path / "one")])[0]}
+    assert analyze_groups.gap(one["vit"], one["resnet18"])["verdict"] == "unknown"
     assert "with 1 seed(s) the seed-to-seed spread is unknown, so this is not yet a finding" in report
+    # Lower is better (a drop): the smaller value is the better one; equal means are a tie.
+    drop = analyze_groups.gap(one["vit"], one["resnet18"], lower_is_better=True)
+    assert drop["better"]["model"] == "resnet18" and drop["points"] == pytest.approx(10.0)
+    assert analyze_groups.gap(one["vit"], one["vit"])["verdict"] == "tie"
 
 
 def test_data_efficiency_marks_where_the_curves_cross(tmp_path):
@@ -54,8 +72,10 @@ def test_data_efficiency_marks_where_the_curves_cross(tmp_path):
     # Differences -5 then +10 points: the crossing is a third of the way from 1,000 to 10,000 in log x.
     assert ("On cifar10, at the smallest training set (100 images): On standard (cifar10), resnet18 reaches 40.0% "
             "test accuracy against 30.0% for vit") not in report  # the smallest set is sparse, not standard
-    assert "On cifar10, at the smallest training set (100 images): On sparse 1% (cifar10), resnet18 reaches 40.0%" in report
-    assert "At the largest (10,000): On standard (cifar10), vit reaches 80.0% test accuracy against 70.0% for resnet18" in report
+    assert ("On cifar10, at the smallest training set (100 images): On sparse 1% (cifar10), resnet18 reaches "
+            "40.0%") in report
+    assert ("At the largest (10,000): On standard (cifar10), vit reaches 80.0% test accuracy against 70.0% for "
+            "resnet18") in report
     assert "The mean curves cross near 2,154 training images (a crossing of means" in report
     assert os.path.exists(tmp_path / "out" / "plots" / "data_efficiency.png")
 
@@ -76,7 +96,8 @@ def test_groups_that_look_alike_are_told_apart_and_never_paired_across_settings(
     assert "Only one architecture ran on these cells: nothing to compare yet." in report
     fake_run(tmp_path, "vit-full", 0, 0.8, epochs=200)
     report, _, _ = analyze.write_report([str(tmp_path)], str(tmp_path / "out"))
-    assert "| vit | standard (cifar10) [epochs=3] | 2 |" in report and "| vit | standard (cifar10) [epochs=200] | 1 |" in report
+    assert "| vit | standard (cifar10) [epochs=3] | 2 |" in report
+    assert "| vit | standard (cifar10) [epochs=200] | 1 |" in report
     assert "On standard (cifar10) [epochs=200], resnet18 reaches 90.0% test accuracy against 80.0% for vit" in report
 
 
@@ -95,7 +116,8 @@ def test_locality_imbalance_corruption_and_time_sections(tmp_path):
     fake_run(tmp_path, "vit-t20", 0, 0.5, time_budget=20.0)
     fake_run(tmp_path, "resnet18-t20", 0, 0.55, arch="resnet18", time_budget=20.0)
     report, _, _ = analyze.write_report([str(tmp_path)], str(tmp_path / "out"))
-    assert ("On standard (cifar10), by mean test accuracy: vit local r=2 65.0 (n=1), vit 62.0 (n=1), vit local r=1 60.0 (n=1). "
+    assert ("On standard (cifar10), by mean test accuracy: vit local r=2 65.0 (n=1), vit 62.0 (n=1), "
+            "vit local r=1 60.0 (n=1). "
             "Top two: On standard (cifar10), vit local r=2 reaches 65.0% test accuracy against 62.0% for vit") in report
     fake_run(tmp_path, "vit-local3", 0, 0.65, attention="local", radius=3)
     report, _, _ = analyze.write_report([str(tmp_path)], str(tmp_path / "out"))
@@ -140,15 +162,18 @@ def test_backend_and_keys_missing_in_older_runs_do_not_split_groups(tmp_path):
     fake_run(tmp_path, "resnet18", 0, 0.7, arch="resnet18", spt=False, attention_backend_used=None)
     groups, n, _ = analyze_groups.load_groups([str(tmp_path)])
     # Sorted by model; the cell label names no differing key, so the backend is no setting either.
-    assert (n, len(groups)) == (5, 3) and analyze_groups.table(groups, analyze_groups.ACC_COLUMNS[:1]).splitlines()[2:] == [
+    rows = analyze_groups.table(groups, analyze_groups.ACC_COLUMNS[:1]).splitlines()[2:]
+    assert (n, len(groups)) == (5, 3) and rows == [
         "| resnet18 | standard (cifar10) | 1 | 70.0 (n=1) |", "| vit | standard (cifar10) | 2 | 85.0 ± 7.1 |",
         "| vit local r=1 | standard (cifar10) | 2 | 65.0 ± 7.1 |"]
 
 
 def test_cli_help_and_bad_folder():
-    help_text = subprocess.run([sys.executable, os.path.join(ROOT, "analyze.py"), "--help"], capture_output=True, text=True)
+    analyze_py = lambda *args: subprocess.run([sys.executable, os.path.join(ROOT, "analyze.py"), *args],
+                                              capture_output=True, text=True)
+    help_text = analyze_py("--help")
     assert help_text.returncode == 0 and "Runs whose configs differ only by seed form one group" in help_text.stdout
-    bad = subprocess.run([sys.executable, os.path.join(ROOT, "analyze.py"), "/nonexistent"], capture_output=True, text=True)
+    bad = analyze_py("/nonexistent")
     assert bad.returncode == 2 and bad.stderr.strip() == "analyze.py: error: /nonexistent is not a folder"
 
 

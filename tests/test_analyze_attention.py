@@ -20,16 +20,21 @@ def test_attention_variants_against_full_attention_and_their_cost_fronts(tmp_pat
     text = section(tmp_path, analyze_attention.section_attention_variants)
     assert "### sparse" not in text  # no variant ran on sparse data
     # Two seeds each: mean ± sample std, e.g. 0.85 and 0.89 -> 87.0 ± 2.8.
-    assert "| vit lsa +spt (SL-ViT) | standard (cifar10) | 2 | 87.0 ± 2.8 | 1,000 | 0.001 ± 0.000 | 3.00 ± 0.00 | - | 20 ± 0 |" in text
+    assert ("| vit lsa +spt (SL-ViT) | standard (cifar10) | 2 | 87.0 ± 2.8 | 1,000 | 0.001 ± 0.000 | 3.00 ± 0.00 | - "
+            "| 20 ± 0 |") in text
     assert "| vit | standard (cifar10) | 2 | 81.0 ± 1.4 | 1,000 | 0.001 ± 0.000 | 1.00 ± 0.00 | - | 20 ± 0 |" in text
     assert ("On standard (cifar10), vit reaches 81.0% test accuracy against 77.0% for vit local r=1, 4.0 points ahead; "
             "the gap exceeds the seed-to-seed spread") in text
-    assert ("On standard (cifar10), vit lsa +spt (SL-ViT) reaches 87.0% test accuracy against 81.0% for vit, 6.0 points "
+    assert ("On standard (cifar10), vit lsa +spt (SL-ViT) reaches 87.0% test accuracy against 81.0% for vit, "
+            "6.0 points "
             "ahead; the gap exceeds the seed-to-seed spread (std 2.8 and 1.4 points, 2 and 2 seeds)") in text
     assert ("Pareto front of test accuracy against latency (ms, batch 1): resnet18 (71.0%, 0.5), vit (81.0%, 1), "
             "vit lsa +spt (SL-ViT) (87.0%, 3).") in text
-    assert "Pareto front of test accuracy against forward FLOPs per image: vit lsa +spt (SL-ViT) (87.0%, 1e+06)." in text  # equal FLOPs
-    assert ("No peak training memory (MB) for resnet18, vit, vit local r=1, vit lsa +spt (SL-ViT) (it is measured on CUDA "
+    # Equal FLOPs: the most accurate alone is on the front.
+    assert ("Pareto front of test accuracy against forward FLOPs per image: vit lsa +spt (SL-ViT) "
+            "(87.0%, 1e+06).") in text
+    assert ("No peak training memory (MB) for resnet18, vit, vit local r=1, vit lsa +spt (SL-ViT) "
+            "(it is measured on CUDA "
             "only; these runs were on CPU).") in text
     for png in ("attention_variants_standard_cifar10", "attention_cost_standard_cifar10"):
         assert os.path.getsize(tmp_path / "out" / "plots" / f"{png}.png") > 1000
@@ -45,16 +50,21 @@ def test_attention_cost_scaling_growth_from_a_benchmark_file(tmp_path):
     rows += [bench_row("full", 65, 2.0, "model"), bench_row("full", 257, 8.0, "model")]
     os.makedirs(tmp_path / "bench")
     json.dump(dict(benchmark="attention", device="NVIDIA H100", settings=dict(grids=[8, 16, 32, 64], dim=256, heads=8),
-                   versions=dict(torch="2.14.1"), git_commit="abc123", command="evaluate.py bench-attention", results=rows),
+                   versions=dict(torch="2.14.1"), git_commit="abc123", command="evaluate.py bench-attention",
+                   results=rows),
               open(tmp_path / "bench" / "bench-attention.json", "w"))
-    text = analyze_attention.section_attention_scaling(analyze_attention.find_benches([str(tmp_path)]), str(tmp_path / "out"))
-    assert "bench-attention.json` on NVIDIA H100 (torch 2.14.1, commit abc123); settings: dim=256, grids=[8, 16, 32, 64], heads=8." in text
+    benches = analyze_attention.find_benches([str(tmp_path)])
+    text = analyze_attention.section_attention_scaling(benches, str(tmp_path / "out"))
+    assert ("bench-attention.json` on NVIDIA H100 (torch 2.14.1, commit abc123); settings: dim=256, "
+            "grids=[8, 16, 32, 64], heads=8.") in text
     # 160 / 10 ms = 16.0x for 4097 / 1025 = 4.0x the tokens: log 16 / log 4.0 = 2.0.
     assert "| variant | 65 tokens | 257 tokens | 1,025 tokens | 4,097 tokens | growth 1,025→4,097 |" in text
     assert "| full | 1.00 | 2.50 | 10.00 | 160.00 | 16.0x |" in text
     assert "| performer | - | - | 3.00 | out of memory | - |" in text
-    assert "full: 10.00 ms at 1,025 tokens, 160.00 ms at 4,097 (16.0x for 4.0x the tokens): grows as T^2.0, about quadratic" in text
-    assert "local: 4.00 ms at 1,025 tokens, 16.00 ms at 4,097 (4.0x for 4.0x the tokens): grows as T^1.0, about linear" in text
+    assert ("full: 10.00 ms at 1,025 tokens, 160.00 ms at 4,097 (16.0x for 4.0x the tokens): grows as T^2.0, "
+            "about quadratic") in text
+    assert ("local: 4.00 ms at 1,025 tokens, 16.00 ms at 4,097 (4.0x for 4.0x the tokens): grows as T^1.0, "
+            "about linear") in text
     assert "performer: no growth figure, no time at 4,097 tokens (out of memory)." in text
     # Without 1,025 and 4,097 tokens the growth compares the two largest counts: 8 / 2 ms over 257 / 65 tokens.
     assert "| variant | 65 tokens | 257 tokens | growth 65→257 |" in text and "| full | 2.00 | 8.00 | 4.0x |" in text
@@ -70,14 +80,16 @@ def test_attention_distance_per_block_and_the_farthest_model(tmp_path):
             fake_run(tmp_path, name, seed, 0.8, final_extra=dict(attention_distance=m), **cfg)
         # On sparse data the local model attends farther.
         far = [[2, 2], [4, 4]] if name == "local" else [[1, 1], [2, 2]]
-        fake_run(tmp_path, f"sparse-{name}", 0, 0.5, regime="sparse", fraction=0.1, final_extra=dict(attention_distance=far), **cfg)
+        fake_run(tmp_path, f"sparse-{name}", 0, 0.5, regime="sparse", fraction=0.1,
+                 final_extra=dict(attention_distance=far), **cfg)
     fake_run(tmp_path, "resnet18", 0, 0.8, arch="resnet18", final_extra=dict(attention_distance=None))
     text = section(tmp_path, analyze_attention.section_attention_distance)
     assert "| vit | standard (cifar10) | 2 | 1.50 | 3.50 |" in text  # (1+2+1+2)/4, (3+5+3+3)/4
     assert "| vit local r=1 | standard (cifar10) | 2 | 1.00 | 1.00 |" in text and "resnet18" not in text
     assert ("On standard (cifar10), in the last block the heads of vit attend farthest on average: 3.50 patches, "
             "against 1.00 for vit local r=1.") in text
-    assert ("On sparse 10% (cifar10), in the last block the heads of vit local r=1 attend farthest on average: 4.00 patches, "
+    assert ("On sparse 10% (cifar10), in the last block the heads of vit local r=1 attend farthest on average: "
+            "4.00 patches, "
             "against 2.00 for vit.") in text
     assert os.path.getsize(tmp_path / "out" / "plots" / "attention_distance.png") > 1000
 
@@ -89,7 +101,7 @@ def test_locality_plots_windows_against_data_fraction(tmp_path):
         fake_run(tmp_path, f"{prefix}-resnet18", 0, 0.75, arch="resnet18", **regime)
         fake_run(tmp_path, f"{prefix}-local", 0, 0.72, attention="local", radius=1, **regime)
         fake_run(tmp_path, f"{prefix}-dilated", 0, 0.6, attention="dilated", radius=1, dilation=2, **regime)
-        fake_run(tmp_path, f"{prefix}-lsa", 0, 0.9, attention="lsa", radius=None, **regime)  # not a window: not in locality
+        fake_run(tmp_path, f"{prefix}-lsa", 0, 0.9, attention="lsa", **regime)  # not a window: not in locality
     text = section(tmp_path, analyze_attention.section_locality)
     assert ("On sparse 10% (cifar10), by mean test accuracy: vit local r=1 72.0 (n=1), vit 70.0 (n=1), "
             "vit dilated r=1 d=2 60.0 (n=1).") in text and "lsa" not in text

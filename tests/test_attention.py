@@ -174,7 +174,8 @@ def test_linformer_sharing_sets_the_number_of_projections():
     for share in ("none", "heads", "kv", "layers"):
         model = ViT(10, image_size=16, patch_size=4, depth=3, dim=32, heads=4, attention="linformer",
                     attention_options=dict(linformer_k=8, linformer_share=share))
-        extra[share] = count_params(model) - count_params(ViT(10, image_size=16, patch_size=4, depth=3, dim=32, heads=4))
+        plain = ViT(10, image_size=16, patch_size=4, depth=3, dim=32, heads=4)
+        extra[share] = count_params(model) - count_params(plain)
     one = 8 * 16  # k x n
     assert extra == dict(none=3 * 2 * 4 * one, heads=3 * 2 * one, kv=3 * one, layers=one)
 
@@ -311,7 +312,8 @@ def test_spt_shape_and_zero_shift_is_patch_embedding_of_the_concatenation():
 
 
 @pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
-@pytest.mark.parametrize("shape,dilation,prefix", [("square", 1, 1), ("circle", 1, 0), ("square", 2, 1), ("square", 1, 2)])
+@pytest.mark.parametrize("shape,dilation,prefix",
+                         [("square", 1, 1), ("circle", 1, 0), ("square", 2, 1), ("square", 1, 2)])
 def test_flex_block_mask_equals_the_dense_mask(shape, dilation, prefix):
     # flex_attention runs eagerly (forward only) on CPU: enough to check that its mask_mod is the dense mask's rule.
     # A 32 x 32 grid spans nine 128-token blocks, so blocks with no allowed pair are really skipped.
@@ -347,7 +349,8 @@ def test_attention_options_and_their_defaults_come_from_one_table():
     assert attention_options("hybrid", dict(dilations="1,3"), 32)["dilations"] == [1, 3]
     assert attention_options("performer", {}, 16)["performer_features"] == round(16 * math.log(16))
     assert attention_options("full", {}, 32) == {}
-    for kind, given, message in (("full", dict(radius=2), "--radius only applies to --attention dilated, hybrid, local"),
+    for kind, given, message in (("full", dict(radius=2),
+                                  "--radius only applies to --attention dilated, hybrid, local"),
                                  ("nystrom", dict(landmarks=0), "--landmarks 0 must be at least 1"),
                                  ("nystrom", dict(nystrom_conv=4), "--nystrom-conv 4 must be odd")):
         with pytest.raises(ValueError, match=message):

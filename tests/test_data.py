@@ -81,7 +81,8 @@ def test_test_subset_is_balanced_and_the_same_for_every_seed():
 
 def test_train_corruption_replaces_the_requested_share():
     clean = data.build_data(**full_args(), seed=0)
-    dirty = data.build_data(**full_args(train_corruption="contrast", train_severity=5, train_corruption_fraction=0.25), seed=0)
+    noisy = full_args(train_corruption="contrast", train_severity=5, train_corruption_fraction=0.25)
+    dirty = data.build_data(**noisy, seed=0)
     changed = (clean["x_train"] != dirty["x_train"]).flatten(1).any(1)
     assert changed.sum().item() == round(0.25 * len(clean["x_train"]))
     assert torch.equal(clean["y_train"], dirty["y_train"])
@@ -119,7 +120,8 @@ def test_missing_and_corrupt_folders_raise_clear_errors(tmp_path, monkeypatch):
     def offline(*a, **k):
         raise OSError("Name or service not known")
     monkeypatch.setattr("torchvision.datasets.utils.download_and_extract_archive", offline)
-    with pytest.raises(data.DataError, match="download .* failed .* offline, put the extracted 'cifar-100-python' folder"):
+    offline = "download .* failed .* offline, put the extracted 'cifar-100-python' folder"
+    with pytest.raises(data.DataError, match=offline):
         data.load_cifar("cifar100", str(tmp_path), download=True)
     write_cifar_folder(tmp_path, "cifar10", 2, 1)
     path = os.path.join(tmp_path, "cifar-10-batches-py", "data_batch_3")
@@ -137,7 +139,8 @@ def test_rank_batches_shard_disjoint_equal_and_match_single_process():
     assert [len(s) for s in shards] == [7, 7] and len(single) == 7
     for one, r0, r1 in zip(single, *shards):
         assert r0.stop - r0.start == r1.stop - r1.start  # equal shares
-        assert r0.stop == r1.start and (r0.start, r1.stop) == (one.start, one.stop)  # disjoint, together the global batch
+        # Disjoint, and together the global batch.
+        assert r0.stop == r1.start and (r0.start, r1.stop) == (one.start, one.stop)
     # The plan is the same on every rank and differs between epochs.
     again = data.epoch_plan(103, epoch=2, seed=5, world_size=2)
     assert all(torch.equal(a, b) for a, b in zip((perm, shifts, flips), again))
@@ -201,9 +204,11 @@ def test_contrast_against_hand_computation(photos):
 def test_noise_has_the_published_strength_and_differs_between_corruptions(name, severity, expected_std):
     grey = torch.full((64, 3, 32, 32), 128, dtype=torch.uint8)  # 0.502: no clipping at these strengths
     diff = (data.corrupt(grey, name, severity, seed=3).double() - 128) / 255
-    assert diff.std().item() == pytest.approx(expected_std * 128 / 127.5 if name == "speckle_noise" else expected_std, rel=0.03)
+    expected_std = expected_std * 128 / 127.5 if name == "speckle_noise" else expected_std
+    assert diff.std().item() == pytest.approx(expected_std, rel=0.03)
     assert abs(diff.mean().item()) < 0.01  # floor() quantisation shifts the mean by half a grey level at most
-    assert not torch.equal(data.corrupt(grey, "gaussian_noise", 2, seed=3), data.corrupt(grey, "speckle_noise", 2, seed=3))
+    gaussian, speckle = (data.corrupt(grey, name, 2, seed=3) for name in ("gaussian_noise", "speckle_noise"))
+    assert not torch.equal(gaussian, speckle)
     assert not torch.equal(data.corrupt(grey, name, severity, seed=3), data.corrupt(grey, name, severity, seed=4))
 
 
@@ -213,7 +218,8 @@ def test_pixelate_equals_pillow_box_resize(photos, severity):
     c = data.CORRUPTIONS["pixelate"][0][severity - 1]
     ref = []
     for im in photos:
-        pil = Image.fromarray(im.permute(1, 2, 0).numpy()).resize((int(32 * c),) * 2, Image.BOX).resize((32, 32), Image.BOX)
+        small = Image.fromarray(im.permute(1, 2, 0).numpy()).resize((int(32 * c),) * 2, Image.BOX)
+        pil = small.resize((32, 32), Image.BOX)
         ref.append(torch.from_numpy(np.array(pil)).permute(2, 0, 1))
     assert torch.equal(data.corrupt(photos, "pixelate", severity), torch.stack(ref))
 
@@ -223,7 +229,8 @@ def test_gaussian_blur_against_numpy_with_edge_padding(photos):
     radius = int(4 * sigma + 0.5)
     k = np.exp(-np.arange(-radius, radius + 1) ** 2 / (2 * sigma ** 2))
     k /= k.sum()
-    x = np.pad(photos[:2].numpy().astype(np.float64) / 255, ((0, 0), (0, 0), (radius, radius), (radius, radius)), mode="edge")
+    pad = ((0, 0), (0, 0), (radius, radius), (radius, radius))
+    x = np.pad(photos[:2].numpy().astype(np.float64) / 255, pad, mode="edge")
     rows = sum(k[i] * x[:, :, i:i + 32, :] for i in range(len(k)))
     ref = sum(k[j] * rows[:, :, :, j:j + 32] for j in range(len(k)))
     ours = data.corrupt(photos[:2], "gaussian_blur", 5).numpy().astype(np.float64)

@@ -41,9 +41,11 @@ def test_run_folder_files_are_written_whole_and_old_configs_are_refused(tmp_path
     evaluate.write_jsonl(str(tmp_path / "m.jsonl"), [dict(epoch=1), dict(epoch=2)])
     assert json.loads((tmp_path / "a.json").read_text()) == dict(x=1)
     assert not [f for f in os.listdir(tmp_path) if ".tmp" in f]
-    assert [json.loads(line) for line in (tmp_path / "m.jsonl").read_text().splitlines()] == [dict(epoch=1), dict(epoch=2)]
-    (tmp_path / "config.json").write_text(json.dumps(dict(arch="vit", regime="standard", seed=0)))  # flat, before 2026-12
-    with pytest.raises(ValueError, match="has no model, data, optim and run sections: it was written by train.py before"):
+    lines = (tmp_path / "m.jsonl").read_text().splitlines()
+    assert [json.loads(line) for line in lines] == [dict(epoch=1), dict(epoch=2)]
+    flat = dict(arch="vit", regime="standard", seed=0)  # as train.py wrote config.json before 2026-12
+    (tmp_path / "config.json").write_text(json.dumps(flat))
+    with pytest.raises(ValueError, match="has no model, data, optim and run sections: it was written by train.py"):
         evaluate.read_config(str(tmp_path))
     (tmp_path / "config.json").write_text("{not json")
     with pytest.raises(ValueError, match="cannot read .*config.json .JSONDecodeError"):
@@ -59,7 +61,8 @@ def test_flops_count_only_the_allowed_pairs_of_a_window():
     assert covering == full  # a window over the whole grid is full attention
     mask = brute_force_mask(4, 4, 1, 1)
     for backend in ("sdpa", "flex"):  # the counter cannot run flex_attention: the count must not need it
-        local = ViT(10, 16, 4, depth=2, dim=32, heads=4, attention="local", attention_options=dict(radius=1, backend=backend))
+        local = ViT(10, 16, 4, depth=2, dim=32, heads=4, attention="local",
+                    attention_options=dict(radius=1, backend=backend))
         # per block, Q K^T and the weighted sum of V: 2 x 2 x width FLOPs for every pair the window rules out
         assert evaluate.count_flops(local, x) == full - 2 * int((~mask).sum()) * 4 * 32
         assert all(block.attn.backend == backend for block in local.blocks)  # restored after counting
@@ -72,14 +75,16 @@ def test_flops_count_only_the_allowed_pairs_of_a_window():
     ("local", "mean", 0.0)])  # radius 0: each patch on itself
 def test_attention_distance_against_hand_values(kind, pool, expect):
     opts = dict(radius=0) if kind == "local" else {}
-    model = ViT(10, image_size=8, patch_size=4, depth=2, dim=16, heads=2, pool=pool, attention=kind, attention_options=opts)
+    model = ViT(10, image_size=8, patch_size=4, depth=2, dim=16, heads=2, pool=pool, attention=kind,
+                attention_options=opts)
     with torch.no_grad():
         for block in model.blocks:  # zero queries and keys: every allowed key gets the same weight
             block.attn.qkv.weight[:32].zero_()
             block.attn.qkv.bias[:32].zero_()
     images = torch.randint(0, 256, (5, 3, 8, 8), dtype=torch.uint8)
     distance = evaluate.attention_distance(model, images, [0.5] * 3, [0.25] * 3, torch.device("cpu"), batch_size=2)
-    assert torch.allclose(torch.tensor(distance, dtype=torch.float64), torch.full((2, 2), expect, dtype=torch.float64), atol=1e-6)
+    expected = torch.full((2, 2), expect, dtype=torch.float64)
+    assert torch.allclose(torch.tensor(distance, dtype=torch.float64), expected, atol=1e-6)
 
 
 def test_attention_distance_is_none_without_explicit_weights():
@@ -109,7 +114,8 @@ def test_bench_attention_writes_the_documented_fields_and_linear_kinds_scale_lin
     assert flops("full", 4097) / flops("full", 1025) > 10 and flops("local", 4097) < flops("full", 4097) / 10
     for v in ("linformer", "performer", "nystrom"):
         assert flops(v, 4097) / flops(v, 1025) < 5
-        growth = rows[(v, "layer", 4097)]["forward_backward_ms"]["median"] / rows[(v, "layer", 1025)]["forward_backward_ms"]["median"]
+        ms = lambda t: rows[(v, "layer", t)]["forward_backward_ms"]["median"]
+        growth = ms(4097) / ms(1025)
         assert growth < 10, (v, growth)  # quadratic would be 16; about 3-4 measured on an idle 2-core CPU
 
 

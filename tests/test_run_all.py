@@ -1,4 +1,4 @@
-"""run_all.sh: the grid of commands, skipping finished runs, resuming interrupted ones, bad arguments, a tiny real run."""
+"""run_all.sh: the grid of commands, skipping finished and resuming interrupted runs, bad arguments, a tiny real run."""
 import json
 import os
 import subprocess
@@ -26,18 +26,28 @@ def test_full_dry_run_prints_the_whole_grid_once(tmp_path):
     assert len(cmds) == len(set(cmds)) == 219
     r = str(tmp_path)
     assert f"python3 evaluate.py bench-attention --out {r}/bench/bench-attention.json" in lines and len(lines) == 220
-    assert f"python3 train.py --arch vit --epochs 200 --data-dir data --regime many-classes --attention lsa --spt --seed 2 --out {r}/vit-lsa-spt-many-classes-cifar100-s2" in cmds
-    assert f"python3 train.py --arch vit --epochs 200 --data-dir data --dataset cifar10 --regime sparse --fraction 0.02 --attention dilated --radius 1 --dilation 3 --seed 0 --out {r}/vit-dilated1d3-sparse-f0.02-cifar10-s0" in cmds
-    assert f"python3 train.py --arch vit --epochs 200 --data-dir data --dataset cifar10 --regime sparse --fraction 0.01 --seed 2 --out {r}/vit-sparse-f0.01-cifar10-s2" in cmds
-    assert f"python3 train.py --arch resnet18 --epochs 200 --data-dir data --regime many-classes --seed 0 --out {r}/resnet18-many-classes-cifar100-s0" in cmds
-    assert f"python3 train.py --arch vit-11m --epochs 200 --data-dir data --dataset cifar10 --seed 1 --out {r}/vit-11m-standard-cifar10-s1" in cmds
-    assert f"python3 train.py --arch vit --epochs 200 --data-dir data --dataset cifar10 --attention local --radius 3 --seed 0 --out {r}/vit-local3-standard-cifar10-s0" in cmds
+    start = "python3 train.py --arch"
+    for expected in (
+            f"vit --epochs 200 --data-dir data --regime many-classes --attention lsa --spt --seed 2 "
+            f"--out {r}/vit-lsa-spt-many-classes-cifar100-s2",
+            f"vit --epochs 200 --data-dir data --dataset cifar10 --regime sparse --fraction 0.02 --attention dilated "
+            f"--radius 1 --dilation 3 --seed 0 --out {r}/vit-dilated1d3-sparse-f0.02-cifar10-s0",
+            f"vit --epochs 200 --data-dir data --dataset cifar10 --regime sparse --fraction 0.01 --seed 2 "
+            f"--out {r}/vit-sparse-f0.01-cifar10-s2",
+            f"resnet18 --epochs 200 --data-dir data --regime many-classes --seed 0 "
+            f"--out {r}/resnet18-many-classes-cifar100-s0",
+            f"vit-11m --epochs 200 --data-dir data --dataset cifar10 --seed 1 --out {r}/vit-11m-standard-cifar10-s1",
+            f"vit --epochs 200 --data-dir data --dataset cifar10 --attention local --radius 3 --seed 0 "
+            f"--out {r}/vit-local3-standard-cifar10-s0"):
+        assert f"{start} {expected}" in cmds
     assert sum("--imbalance-ratio 100 " in c for c in cmds) == 6 and sum("--regime corrupted" in c for c in cmds) == 6
     timed = [c for c in cmds if "--time-budget 1200" in c]
     assert len(timed) == 6 and all("--epochs 1000 --warmup-epochs 50" in c for c in timed)
-    gpus = [c for c in run_all("--dry-run", "--runs", r, "--gpus", "2", "--seeds", "5").stdout.splitlines() if "train.py" in c]
+    gpu_lines = run_all("--dry-run", "--runs", r, "--gpus", "2", "--seeds", "5").stdout.splitlines()
+    gpus = [c for c in gpu_lines if "train.py" in c]
     assert len(gpus) == 73 and all(c.endswith("-s5") for c in gpus)
-    assert all(c.startswith("torchrun --standalone --nproc_per_node=2 train.py") for c in gpus if "--time-budget" not in c)
+    torchrun = "torchrun --standalone --nproc_per_node=2 train.py"
+    assert all(c.startswith(torchrun) for c in gpus if "--time-budget" not in c)
     assert all(c.startswith("python3 train.py") for c in gpus if "--time-budget" in c)
 
 
@@ -49,8 +59,10 @@ def test_quick_dry_run_shrinks_the_grid_and_says_which_data(tmp_path):
     cmds = [line for line in lines if "train.py" in line]
     # regimes 8 (no many-classes) + sparse 4x2 + shallow 4 + locality 2x3 + attention 2x6 + vit-11m 1 + time 2 = 41
     assert "attention: CIFAR-100 cells skipped, no CIFAR-100 at " + f"{tmp_path}/none/cifar-100-python" in lines
-    assert sum(line.startswith("python3 evaluate.py bench-attention --depth 1 --dim 64 --heads 4 ") for line in lines) == 1
-    assert len(cmds) == 41 and all("--dataset synthetic" in c and "--max-per-class 50" in c and c.endswith("-s0") for c in cmds)
+    bench = "python3 evaluate.py bench-attention --depth 1 --dim 64 --heads 4 "
+    assert sum(line.startswith(bench) for line in lines) == 1
+    assert len(cmds) == 41
+    assert all("--dataset synthetic" in c and "--max-per-class 50" in c and c.endswith("-s0") for c in cmds)
     assert any(c.startswith("python3 train.py --arch resnet18 --stages 2 --epochs 3") for c in cmds)
     assert any("--arch vit-shallow --depth 1 --dim 64 --heads 4" in c for c in cmds)
     (tmp_path / "data" / "cifar-10-batches-py").mkdir(parents=True)
@@ -66,8 +78,10 @@ def test_finished_runs_are_skipped_and_interrupted_ones_resumed(tmp_path):
     cmds = run_all("--dry-run", "--profile", "quick", "--only", "matched-params", "--runs", str(tmp_path),
                    "--data-dir", str(tmp_path / "none")).stdout.splitlines()[1:]
     assert cmds[0].startswith("# done: python3 train.py --arch vit ")
-    assert cmds[1].startswith("python3 train.py --arch resnet18 ") and cmds[1].endswith("resnet18-standard-synthetic-s0 --resume")
-    assert cmds[2].startswith("python3 train.py --arch vit-11m --depth 2 --dim 192 --heads 4 --mlp-ratio 2 ") and len(cmds) == 3
+    assert cmds[1].startswith("python3 train.py --arch resnet18 ")
+    assert cmds[1].endswith("resnet18-standard-synthetic-s0 --resume")
+    assert cmds[2].startswith("python3 train.py --arch vit-11m --depth 2 --dim 192 --heads 4 --mlp-ratio 2 ")
+    assert len(cmds) == 3
 
 
 def test_one_runs_folder_holds_one_profile(tmp_path):
@@ -101,7 +115,8 @@ def test_quick_profile_on_one_tiny_experiment_runs_and_reports(tmp_path):
                     "--data-dir", str(tmp_path / "none"), python=sys.executable)
     assert "0 runs finished now, 2 were already done, 0 failed" in again.stdout
     report, n, _ = analyze.write_report([str(runs)], str(tmp_path / "out"))
-    assert n == 2 and "| vit 2s | standard (synthetic) | 1 |" in report and "| resnet18 2s | standard (synthetic) | 1 |" in report
+    assert n == 2 and "| vit 2s | standard (synthetic) | 1 |" in report
+    assert "| resnet18 2s | standard (synthetic) | 1 |" in report
     for name in ("vit", "resnet18"):
         final = json.load(open(runs / f"{name}-t2s-standard-synthetic-s0" / "final.json"))
         assert 2 <= final["train_step_time_s"] < 30

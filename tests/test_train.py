@@ -78,7 +78,8 @@ def test_flops_match_hand_count_for_the_tiny_vit(vit_run):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("extra", [[], ["--attention", "performer", "--redraw-interval", "5"]], ids=["full", "performer"])
+@pytest.mark.parametrize("extra", [[], ["--attention", "performer", "--redraw-interval", "5"]],
+                         ids=["full", "performer"])
 def test_interrupted_run_resumes_to_the_same_result(tmp_path, extra):
     # The performer's features and redraw count come back from the checkpoint, so it resumes exactly too.
     args = [*TINY_VIT, *TINY_DATA, "--epochs", "3", "--dropout", "0.1", *extra]
@@ -113,7 +114,8 @@ def test_unreadable_checkpoint_exits_2(tmp_path, exits_2):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("extra", [[], ["--attention", "performer", "--redraw-interval", "4"]], ids=["full", "performer"])
+@pytest.mark.parametrize("extra", [[], ["--attention", "performer", "--redraw-interval", "4"]],
+                         ids=["full", "performer"])
 def test_two_process_torchrun_matches_single_process(tmp_path, extra):
     # The performer redraws its features from a seeded generator, so both processes use the single process's.
     args = [*TINY_VIT, *TINY_DATA, "--epochs", "2", "--drop-path", "0", "--batch-size", "32", *extra]
@@ -180,16 +182,20 @@ BASE = [*TINY_VIT, *TINY_DATA, "--epochs", "1"]
     (["--regime", "imbalanced", "--imbalance-ratio", "0.5"], "--imbalance-ratio 0.5 must be at least 1"),
     (["--attention", "local", "--radius", "-1"], "--radius -1 must be at least 0"),
     (["--radius", "2"], "--radius only applies to --attention dilated, hybrid, local (got --attention full)"),
-    (["--attention", "local", "--dilation", "2"], "--dilation only applies to --attention dilated (got --attention local)"),
+    (["--attention", "local", "--dilation", "2"],
+     "--dilation only applies to --attention dilated (got --attention local)"),
     (["--attention", "hybrid", "--dilations", "2,2"], "--dilations 2,2 needs at least two different dilations"),
-    (["--attention", "hybrid", "--dilations", "1,x"], "--dilations '1,x' is not a comma-separated list of whole numbers"),
-    (["--attention", "linformer", "--linformer-k", "17"], "linformer k 17 exceeds the 16 patch tokens; allowed: 1 to 16"),
+    (["--attention", "hybrid", "--dilations", "1,x"],
+     "--dilations '1,x' is not a comma-separated list of whole numbers"),
+    (["--attention", "linformer", "--linformer-k", "17"],
+     "linformer k 17 exceeds the 16 patch tokens; allowed: 1 to 16"),
     (["--attention", "nystrom", "--landmarks", "18"], "18 landmarks exceed the 17 tokens; allowed: 1 to 17"),
     (["--attention", "nystrom", "--nystrom-conv", "4"], "--nystrom-conv 4 must be odd"),
     (["--attention", "performer", "--redraw-interval", "-1"], "--redraw-interval -1 must be at least 0"),
     (["--arch", "resnet18", "--spt"], "--spt applies to ViTs, not to --arch resnet18"),
     (["--arch", "resnet18", "--attention", "lsa"], "--attention lsa applies to ViTs, not to --arch resnet18"),
-    (["--attention-backend", "flex"], "--attention-backend flex applies to --attention dilated, hybrid, local, not full"),
+    (["--attention-backend", "flex"],
+     "--attention-backend flex applies to --attention dilated, hybrid, local, not full"),
     (["--attention", "local", "--attention-backend", "flex", "--device", "cpu"], "--attention-backend flex needs CUDA"),
     (["--label-smoothing", "1.5"], "--label-smoothing 1.5 is outside [0, 1]"),
     (["--drop-path", "1"], "--drop-path 1.0 is outside [0, 1)"),
@@ -262,14 +268,15 @@ def test_run_folder_is_protected(tmp_path, exits_2, monkeypatch):
     assert "was started with 1 processes, not 2" in exits_2([*BASE, "--out", str(out), "--resume"])
     monkeypatch.delenv("WORLD_SIZE")
     (tmp_path / "file").write_text("x")
-    assert "--out " + str(tmp_path / "file") + " is a file, not a folder" in exits_2([*BASE, "--out", str(tmp_path / "file")])
+    assert f"--out {tmp_path / 'file'} is a file, not a folder" in exits_2([*BASE, "--out", str(tmp_path / "file")])
     assert {f: open(out / f, "rb").read() for f in os.listdir(out)} == before
     _, rows, _ = run_train(out, *BASE, "--epochs", "2", "--overwrite")
     assert len(rows) == 2
 
 
 def test_cli_error_is_one_line_without_traceback(tmp_path):
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), "--arch", "vgg"], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), "--arch", "vgg"], capture_output=True,
+                          text=True)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and "Traceback" not in proc.stderr
 
@@ -287,7 +294,8 @@ def test_default_run_folders_differ_across_a_regime_sweep():
     assert name("--attention", "local", "--radius", "2", "--regime", "many-classes") == \
         "runs/vit-local2-many-classes-cifar100-s0"
     names = {name("--attention", "local"), name("--attention", "local", "--window-shape", "circle"),
-             name("--attention", "dilated"), name("--attention", "dilated", "--dilation", "3"), name("--attention", "hybrid"),
+             name("--attention", "dilated"), name("--attention", "dilated", "--dilation", "3"),
+             name("--attention", "hybrid"),
              name("--attention", "linformer"), name("--attention", "linformer", "--linformer-share", "kv"),
              name("--attention", "performer"), name("--attention", "nystrom"), name("--attention", "lsa"),
              name("--attention", "lsa", "--spt"), name("--spt"), name()}
@@ -320,7 +328,8 @@ def test_time_budget_stops_training_when_spent(tmp_path):
 
 def test_time_budget_refuses_several_processes(tmp_path, exits_2, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
-    assert "--time-budget needs a single process, not 2" in exits_2([*BASE, "--time-budget", "5", "--out", str(tmp_path / "x")])
+    err = exits_2([*BASE, "--time-budget", "5", "--out", str(tmp_path / "x")])
+    assert "--time-budget needs a single process, not 2" in err
 
 
 @pytest.mark.slow
