@@ -14,7 +14,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from attention import ATTENTION_OPTIONS, shown_options  # noqa: E402
+from attention import ATTENTION_OPTIONS, attention_options, shown_options  # noqa: E402
 
 GROUPED = ("model", "data", "optim")  # what was trained: runs that differ only in their run section are seeds
 # A config.json written before sections was flat; these are its keys, by the section each belongs to now.
@@ -42,8 +42,9 @@ def family_color(arch):
 
 def sections_of(config):
     """A run's config in sections: as written since 2026-12, or made from the flat config.json of an older run
-    (the compatibility reader: keys that did not apply, such as a ResNet's pool or a clean run's corruption
-    list, are dropped as train.py drops them now, so old and new runs of one setting form one group)."""
+    (the compatibility reader: keys that did not apply, such as a ResNet's pool, a full-attention run's radius or
+    a clean run's corruption list, are dropped and attention options added since are filled in with the defaults
+    the run used, as train.py writes them now, so old and new runs of one setting form one group)."""
     if all(isinstance(config.get(s), dict) for s in ("model", "data", "optim", "run")):
         return config
     sections = {s: {k: config[k] for k in keys if config.get(k) is not None} for s, keys in FLAT_KEYS.items()}
@@ -52,6 +53,12 @@ def sections_of(config):
     model, data, optim = sections["model"], sections["data"], sections["optim"]
     if model["arch"].startswith("resnet"):
         sections["model"] = {k: v for k, v in model.items() if k in ("arch", "stages")}
+    else:  # runs before the attention kinds stored radius 1 for every ViT; later options took their defaults
+        kind = model.setdefault("attention", "full")
+        given = {k: model.pop(k) for k in ATTENTION_OPTIONS if k in model}
+        head_dim = model["dim"] // model["heads"] if "dim" in model and "heads" in model else None
+        model |= attention_options(kind, {k: v for k, v in given.items() if kind in ATTENTION_OPTIONS[k]["kinds"]},
+                                   head_dim)
     drop = {"stages"} if "stages" not in sections["model"] else set()
     drop |= {"momentum"} if optim.get("opt") != "sgd" else set()
     drop |= {"corruptions"} if data.get("regime") != "corrupted" else set()
@@ -97,23 +104,30 @@ def group_dict(sections):
     return {k: v for s in GROUPED for k, v in sections[s].items() if v is not None and v is not False}
 
 
+def group_key(sections):
+    """The key that makes runs seeds of one group: their model, data and optim sections, None and False absent."""
+    return json.dumps({s: {k: v for k, v in sections[s].items() if v is not None and v is not False}
+                       for s in GROUPED}, sort_keys=True)
+
+
 def group_runs(runs):
     """Groups of runs that differ only by seed, each a dict with cfg (of its first run) and its runs."""
     groups = {}
     for run in runs:
-        key = json.dumps(group_dict(run["sections"]), sort_keys=True)
-        group = groups.setdefault(key, dict(cfg=run["cfg"], sections=run["sections"], runs=[]))
+        group = groups.setdefault(group_key(run["sections"]),
+                                  dict(cfg=run["cfg"], sections=run["sections"], runs=[]))
         group["runs"].append(run)
     for g in groups.values():
         g["runs"].sort(key=lambda r: r["cfg"].get("seed", 0))
         g["model"] = model_label(g["cfg"])
         g["cell"] = cell_label(g["cfg"])
     # Labels must tell apart what differs. First the data cell: where runs trained under different settings
-    # (epochs, pool size, ...) share a cell label, the cell names the keys that differ, so no comparison pairs
-    # runs of different settings. Then the model: what still looks alike differs in a model key, named likewise.
-    for same in buckets(groups.values(), lambda g: g["cell"]):
-        settings = [setting_dict(g["sections"]) for g in same]
-        for g, text in zip(same, bracket(settings)):
+    # (epochs, pool size, ...) share a cell label, the cell names the keys that differ (a key some have and others
+    # lack too), so no comparison pairs runs of different settings. Runs on a time budget are compared only with
+    # each other (their epochs are a cap, left out of their setting). Then the model: what still looks alike
+    # differs in a model key, named likewise.
+    for same in buckets(groups.values(), lambda g: (g["cell"], bool(g["cfg"].get("time_budget")))):
+        for g, text in zip(same, bracket([setting_dict(g["sections"]) for g in same], absent_differs=True)):
             g["cell"] += text
     for same in buckets(groups.values(), lambda g: (g["cell"], g["model"])):
         # A setting some groups have and others lack splits them (the groups differ), so it must name them too.
@@ -158,7 +172,8 @@ def attention_label(cfg):
     ' lsa +spt (SL-ViT)'; the options shown and their short names come from attention.py's table."""
     kind = cfg.get("attention") or "full"
     text = "" if kind == "full" else f" {kind}"
-    for short, value, _ in shown_options(cfg):
+    for name, value in shown_options(cfg):
+        short = ATTENTION_OPTIONS[name]["short"]
         value = ",".join(map(str, value)) if isinstance(value, list) else value
         text += f" {short}={value}" if short else f" {value}"
     if cfg.get("spt"):

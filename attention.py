@@ -29,13 +29,14 @@ LINFORMER_SHARING = ["none", "heads", "kv", "layers"]
 
 # Every option of the attention kinds, the one home of its default: the kinds it applies to, its type (`choices`
 # instead for names), the lowest value allowed, its short name in run names and labels (a `main` option is always
-# shown there, the others only when they differ from the default) and its help. train.py's flags, its run-name
-# tag and analyze.py's labels are all made from this table.
+# shown there, the others only when they differ from the default; `tag`, where given, is how a run name writes
+# such an other option, else -<short><value>) and its help. train.py's flags, its run-name tag and analyze.py's
+# labels are all made from this table.
 ATTENTION_OPTIONS = {
     "radius": dict(default=1, kinds=WINDOWED, type=int, low=0, short="r", main=True,
                    help="window radius on the patch grid, in (dilated) steps"),
     "window_shape": dict(default="square", kinds=WINDOWED, choices=["square", "circle"], short="", main=False,
-                         help="Chebyshev (square) or Euclidean (circle) radius"),
+                         tag="c", help="Chebyshev (square) or Euclidean (circle) radius"),
     "dilation": dict(default=2, kinds={"dilated"}, type=int, low=1, short="d", main=True,
                      help="grid step between attended patches"),
     "dilations": dict(default=[1, 2, 4], kinds={"hybrid"}, type=str, short="d", main=True,
@@ -43,8 +44,8 @@ ATTENTION_OPTIONS = {
     "linformer_k": dict(default=64, kinds={"linformer"}, type=int, low=1, short="k", main=True,
                         help="projected sequence length"),
     "linformer_share": dict(default="heads", kinds={"linformer"}, choices=LINFORMER_SHARING, short="share",
-                            main=False, help="none (a projection per head), heads (one per layer), kv (keys and "
-                                             "values share it), layers (one for the whole network)"),
+                            main=False, tag="{}", help="none (a projection per head), heads (one per layer), "
+                                                       "kv (keys and values share it), layers (one for the network)"),
     "performer_features": dict(default=None, kinds={"performer"}, type=int, low=1, short="m", main=True,
                                help="random features (None: d ln d, d = head width)"),
     "redraw_interval": dict(default=1000, kinds={"performer"}, type=int, low=0, short="rd", main=False,
@@ -63,8 +64,9 @@ def option_flag(name):
 
 
 def attention_options(kind, given, head_dim):
-    """The options of `kind`, defaults filled in under the `given` ones; ValueError naming the flag for an option
-    of another kind or a value out of range."""
+    """The options of `kind`, defaults filled in under the `given` ones (the Performer's feature count from
+    head_dim, when there is one); ValueError naming the flag for an option of another kind or a value out of
+    range."""
     for name in given:
         if kind not in ATTENTION_OPTIONS[name]["kinds"]:
             kinds = ", ".join(sorted(ATTENTION_OPTIONS[name]["kinds"]))
@@ -85,17 +87,17 @@ def attention_options(kind, given, head_dim):
     if "dilations" in options and (min(options["dilations"]) < 1 or len(set(options["dilations"])) < 2):
         raise ValueError(f"--dilations {','.join(map(str, options['dilations']))} needs at least two different "
                          "dilations, each at least 1")
-    if kind == "performer" and options["performer_features"] is None:
+    if kind == "performer" and options["performer_features"] is None and head_dim:
         options["performer_features"] = default_performer_features(head_dim)
     return options
 
 
 def shown_options(model):
-    """(short name, value, main) of the attention options a run's name and label show, main options first."""
+    """(name, value) of the attention options a run's name and label show, the main options first."""
     kind = model.get("attention", "full")
-    shown = [(o["short"], model[name], o["main"]) for name, o in ATTENTION_OPTIONS.items()
+    shown = [(name, model[name]) for name, o in ATTENTION_OPTIONS.items()
              if kind in o["kinds"] and name in model and (o["main"] or model[name] != o["default"])]
-    return sorted(shown, key=lambda item: not item[2])
+    return sorted(shown, key=lambda item: not ATTENTION_OPTIONS[item[0]]["main"])
 
 
 # ----------------------------------------------------------------------------- grid windows (local, dilated, hybrid)

@@ -143,6 +143,14 @@ def load_synthetic(per_class=500, num_classes=10, size=32):
                 num_classes=num_classes, class_names=SHAPES[:num_classes])
 
 
+def dataset_shape(dataset, synthetic_size=None):
+    """(classes, image side) of a dataset, known before it is loaded: the model can be built, and refuse its
+    settings, before any download."""
+    if dataset == "synthetic":
+        return len(SHAPES), synthetic_size or SYNTHETIC_OPTIONS["synthetic_size"]
+    return CIFAR[dataset]["classes"], 32
+
+
 def load_dataset(name, data_dir, download=True, synthetic_per_class=500, synthetic_size=32):
     """Load a dataset by name into uint8 tensors; raises DataError with a user-facing message."""
     if name == "synthetic":

@@ -23,7 +23,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from attention import (ATTENTIONS, WINDOWED, Attention, attention_options, flex_attention, flex_block_mask,
                        local_attention_mask)
-from data import build_data, corrupt, normalize
+from data import build_data, corrupt, dataset_shape, normalize
 from model import ViT, build_model, count_params
 
 SOFTMAX_KINDS = WINDOWED | {"full", "lsa"}  # kinds with explicit attention weights, for attention_distance
@@ -150,15 +150,22 @@ def attention_backend(kind, asked, device):
 def build_run_data(cfg, data_dir=None):
     """A run's data from its config (split and regime applied), from `data_dir` instead of its own if given."""
     run = cfg["run"]
-    return build_data(**cfg["data"], seed=run["seed"], data_dir=data_dir or run["data_dir"],
-                      download=not run["no_download"])
+    try:
+        return build_data(**cfg["data"], seed=run["seed"], data_dir=data_dir or run["data_dir"],
+                          download=not run["no_download"])
+    except TypeError as e:  # a key of another version of this code
+        raise ValueError(f"the data section of this config does not fit this code ({e})")
 
 
-def build_run_model(cfg, data, backend="sdpa"):
-    """A run's model from its config, initialised from its seed (the same weights for the same seed)."""
+def build_run_model(cfg, backend="sdpa"):
+    """A run's model from its config, initialised from its seed (the same weights for the same seed); the
+    model's own checks (patch size, heads, Linformer k, landmarks) raise ValueError before any data is loaded."""
+    classes, image_size = dataset_shape(cfg["data"]["dataset"], cfg["data"].get("synthetic_size"))
     torch.manual_seed(cfg["run"]["seed"])
-    return build_model(**cfg["model"], num_classes=data["num_classes"], image_size=data["x_train"].shape[-1],
-                       backend=backend)
+    try:
+        return build_model(**cfg["model"], num_classes=classes, image_size=image_size, backend=backend)
+    except TypeError as e:  # a key of another version of this code
+        raise ValueError(f"the model section of this config does not fit this code ({e})")
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -490,9 +497,9 @@ def evaluate_run(run_dir, device_flag, data_dir):
         raise ValueError(f"{run_dir} is not a run folder with a checkpoint (need config.json and checkpoint.pt)")
     cfg = read_config(run_dir)
     device = make_device(device_flag)
-    data = build_run_data(cfg, data_dir)
     # The backend is not part of what was trained: pick the one this device runs (flex and sdpa agree).
-    model = build_run_model(cfg, data, attention_backend(cfg["model"].get("attention"), "auto", device)).to(device)
+    model = build_run_model(cfg, attention_backend(cfg["model"].get("attention"), "auto", device)).to(device)
+    data = build_run_data(cfg, data_dir)
     ckpt = load_checkpoint(ckpt_path, device, model)
     amp = cfg["optim"]["amp"] and device.type == "cuda"
     out = final_metrics(model, data, device, amp, ckpt["history"], cfg["run"]["thresholds"])

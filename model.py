@@ -166,7 +166,7 @@ def model_config(given):
         raise ValueError(f"unknown architecture '{arch}'; choose from {', '.join(ARCHS)}")
     given = {k: v for k, v in given.items() if v is not None and v is not False and k != "arch"}
     if arch in RESNET_PRESETS:
-        vit_only = [k for k in given if k != "stages"]
+        vit_only = [k for k in given if k != "stages" and (k, given[k]) != ("attention", "full")]
         if vit_only:
             value = given[vit_only[0]]
             flag = option_flag(vit_only[0]) + ("" if value is True else f" {value}")
@@ -182,8 +182,12 @@ def model_config(given):
     for flag, value in (("--dropout", model["dropout"]), ("--drop-path", model["drop_path"])):
         if not 0 <= value < 1:
             raise ValueError(f"{flag} {value} is outside [0, 1)")
+    if model["mlp_ratio"] <= 0:
+        raise ValueError(f"--mlp-ratio {model['mlp_ratio']} must be positive")
     chosen = {k: v for k, v in given.items() if k in ATTENTION_OPTIONS}
-    return model | attention_options(model["attention"], chosen, model["dim"] // model["heads"])
+    # Heads that do not divide the width give no head width: Attention refuses them when the model is built.
+    head_dim = model["dim"] // model["heads"] if model["dim"] % model["heads"] == 0 else None
+    return model | attention_options(model["attention"], chosen, head_dim)
 
 
 def build_model(arch, num_classes, image_size=32, backend="sdpa", **options):

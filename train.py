@@ -167,11 +167,16 @@ def optim_config(given, arch, world):
 
 
 def attention_tag(model):
-    """The attention part of a run name: '' for full attention, else e.g. -local2, -dilated1d2, -lsa-spt."""
+    """The attention part of a run name: '' for full attention, else e.g. -local2, -dilated1d2, -hybrid1d1-2-4,
+    -local1c, -linformer16kv, -nystrom16-conv0, -lsa-spt."""
     tag = "" if model.get("attention", "full") == "full" else "-" + model["attention"]
-    for i, (short, value, main) in enumerate(shown_options(model)):
+    for i, (name, value) in enumerate(shown_options(model)):
+        o = ATTENTION_OPTIONS[name]
         value = "-".join(map(str, value)) if isinstance(value, list) else str(value)
-        tag += ((short if i else "") + value) if main else f"-{short}{value}"  # -hybrid1d1-2-4, -nystrom16-conv0
+        if o["main"]:  # the first bare, the others after their short name
+            tag += (o["short"] if i else "") + value
+        else:
+            tag += o["tag"].format(value) if "tag" in o else f"-{o['short']}{value}"
     return tag + ("-spt" if model.get("spt") else "")
 
 
@@ -191,8 +196,12 @@ def check_out_dir(cfg, world):
     it finished."""
     out = cfg["run"]["out"]
     has = lambda name: os.path.exists(os.path.join(out, name))
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise ValueError(f"--out {out} is a file, not a folder")
+    path = os.path.abspath(out)
+    while not os.path.exists(path):  # the nearest part of the path that exists must be a folder
+        path = os.path.dirname(path)
+    if not os.path.isdir(path):
+        where = "" if path == os.path.abspath(out) else f": {path}"
+        raise ValueError(f"--out {out}{where} is a file, not a folder")
     if cfg["run"]["resume"]:
         if not (has("checkpoint.pt") and has("config.json")):
             raise ValueError(f"--resume: {out} has no checkpoint.pt to resume from")
@@ -200,8 +209,11 @@ def check_out_dir(cfg, world):
         if old["recorded"]["world_size"] != world:  # the batch split and the dropped tail depend on it
             raise ValueError(f"--resume: the run in {out} was started with {old['recorded']['world_size']} "
                              f"processes, not {world}")
-        for section in ("model", "data", "optim"):  # what is trained must not change; the run section may
-            for k in dict.fromkeys([*old[section], *cfg[section]]):
+        # What is trained must not change: the model, data and optim sections, the seed (it draws the subset, the
+        # order and the dropout) and the thresholds (final.json must agree with config.json). The rest of the run
+        # section (--out, --data-dir, --device, ...) may.
+        for section, keys in (("model", None), ("data", None), ("optim", None), ("run", ("seed", "thresholds"))):
+            for k in keys or dict.fromkeys([*old[section], *cfg[section]]):
                 if old[section].get(k) != cfg[section].get(k):
                     raise ValueError(f"--resume: {option_flag(k)} is {cfg[section].get(k)!r} but the run in {out} "
                                      f"was started with {old[section].get(k)!r}")
@@ -366,11 +378,11 @@ def main(argv=None):
             if rank == 0:
                 print(f"{cfg['run']['out']} is already finished; nothing to do")
             return 0
+        backend = attention_backend(cfg["model"].get("attention", "full"), cfg["run"]["attention_backend"], device)
+        model = build_run_model(cfg, backend).to(device)  # before the data: no download for a model it refuses
         data = build_run_data(cfg)
         if len(data["x_train"]) < world:
             raise ValueError(f"the training set has {len(data['x_train'])} images, fewer than the {world} processes")
-        backend = attention_backend(cfg["model"].get("attention", "full"), cfg["run"]["attention_backend"], device)
-        model = build_run_model(cfg, data, backend).to(device)
         optimizer = make_optimizer(model, cfg["optim"])
         start, history, ckpt = 0, [], None
         out = cfg["run"]["out"]

@@ -157,7 +157,7 @@ def test_backend_and_keys_missing_in_older_runs_do_not_split_groups(tmp_path):
              attention_backend_used="sdpa")
     fake_run(tmp_path, "local-flex", 1, 0.7, attention="local", radius=1, attention_backend="flex",
              attention_backend_used="flex")
-    fake_run(tmp_path, "vit-old", 0, 0.8)  # written before spt, dilation and the backend keys existed
+    fake_run(tmp_path, "vit-old", 0, 0.8, flat=True, radius=None)  # flat, before spt, dilation and the backends
     fake_run(tmp_path, "vit-new", 1, 0.9, spt=False, dilation=None, linformer_k=None, attention_backend_used="sdpa")
     fake_run(tmp_path, "resnet18", 0, 0.7, arch="resnet18", spt=False, attention_backend_used=None)
     groups, n, _ = analyze_groups.load_groups([str(tmp_path)])
@@ -187,8 +187,14 @@ def test_flat_configs_of_older_runs_join_the_groups_of_their_setting(tmp_path):
     fake_run(tmp_path, "resnet18-new", 1, 0.72, arch="resnet18", opt="sgd", momentum=0.9, amp=True)
     fake_run(tmp_path, "vit-old", 0, 0.60, flat=True, **dict(old, momentum=None))
     fake_run(tmp_path, "vit-new", 1, 0.62, pool="cls", spt=False, dropout=0.0, drop_path=0.1, amp=True)
+    # Before the attention kinds (275d491) every ViT stored radius 1, and a local run had no window_shape yet.
+    fake_run(tmp_path, "vit-older", 2, 0.64, flat=True, **dict(old, momentum=None, radius=1))
+    fake_run(tmp_path, "local-older", 0, 0.50, flat=True, **dict(old, momentum=None, attention="local", radius=2))
+    fake_run(tmp_path, "local-new", 1, 0.52, pool="cls", spt=False, dropout=0.0, drop_path=0.1, amp=True,
+             attention="local", radius=2, window_shape="square")
     groups, n, _ = analyze_groups.load_groups([str(tmp_path)])
-    assert n == 4 and sorted((g["model"], len(g["runs"])) for g in groups) == [("resnet18", 2), ("vit", 2)]
+    assert n == 7 and sorted((g["model"], len(g["runs"])) for g in groups) == [
+        ("resnet18", 2), ("vit", 3), ("vit local r=2", 2)]
     old_resnet = analyze_groups.sections_of(json.load(open(tmp_path / "resnet18-old-s0" / "config.json")))
     assert old_resnet["model"] == dict(arch="resnet18") and "momentum" in old_resnet["optim"]
     assert "corruptions" not in old_resnet["data"] and old_resnet["run"]["seed"] == 0
@@ -199,15 +205,29 @@ def test_a_new_setting_splits_groups_with_no_edit_of_the_analysis(tmp_path):
     # A key analyze_groups has never heard of, in any grouped section, separates runs and names itself in the label.
     for seed in range(2):
         fake_run(tmp_path, "vit", seed, 0.6)
-    for seed, section in enumerate(("model", "optim")):
+    for seed, section in enumerate(("model", "model", "optim")):
         fake_run(tmp_path, f"vit-{section}", seed + 2, 0.8)
         path = tmp_path / f"vit-{section}-s{seed + 2}" / "config.json"
         config = json.load(open(path))
         config[section]["frobnicate"] = 3
         json.dump(config, open(path, "w"))
     groups, _, _ = analyze_groups.load_groups([str(tmp_path)])
-    sizes = {g["model"]: len(g["runs"]) for g in groups}
-    assert sizes == {"vit": 2, "vit [frobnicate=3]": 2}
+    # The same key in another section is another setting: three groups. A model key names itself in the model's
+    # label; an optim key (a training setting every family shares, unless analyze_groups says otherwise) in the
+    # data cell's, so that run is compared with nothing trained without it.
+    assert sorted((g["model"], g["cell"], len(g["runs"])) for g in groups) == [
+        ("vit", "standard (cifar10)", 2), ("vit", "standard (cifar10) [frobnicate=3]", 1),
+        ("vit [frobnicate=3]", "standard (cifar10)", 2)]
     report, _, _ = analyze.write_report([str(tmp_path)], str(tmp_path / "out"))
     assert "| vit [frobnicate=3] | standard (cifar10) | 2 | 80.0 ± 0.0 |" in report
     assert "| vit | standard (cifar10) | 2 | 60.0 ± 0.0 |" in report
+
+
+def test_a_setting_only_one_model_has_keeps_them_apart(tmp_path):
+    # A ViT trained on a capped pool and a ResNet on the full one share neither a cell nor a finding.
+    fake_run(tmp_path, "vit-capped", 0, 0.6, max_per_class=50)
+    fake_run(tmp_path, "resnet18", 0, 0.9, arch="resnet18")
+    groups, _, _ = analyze_groups.load_groups([str(tmp_path)])
+    assert sorted(g["cell"] for g in groups) == ["standard (cifar10)", "standard (cifar10) [max_per_class=50]"]
+    report, _, _ = analyze.write_report([str(tmp_path)], str(tmp_path / "out"))
+    assert "resnet18 reaches 90.0%" not in report

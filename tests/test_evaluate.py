@@ -2,6 +2,7 @@
 import json
 import math
 import os
+import shutil
 
 import pytest
 import torch
@@ -159,3 +160,20 @@ def test_performer_run_re_evaluates_to_the_same_metrics(tmp_path, capsys):
     evaluate.main([str(tmp_path / "p"), "--device", "cpu"])
     again = json.loads(capsys.readouterr().out)
     assert again["test_acc"] == final["test_acc"] and again["confusion"] == final["confusion"]
+
+
+@pytest.mark.slow
+def test_evaluate_cli_refuses_old_and_foreign_configs_in_one_line(vit_run, tmp_path, capsys):
+    out, _ = vit_run
+    config = json.loads((out / "config.json").read_text())
+    flat = {k: v for section in config.values() if isinstance(section, dict) for k, v in section.items()}
+    future = dict(config, data=dict(config["data"], binary=True))  # a key from another version of the code
+    for name, written, message in (("old", flat, "has no model, data, optim and run sections"),
+                                   ("future", future, "the data section of this config does not fit this code")):
+        shutil.copytree(out, tmp_path / name)
+        (tmp_path / name / "config.json").write_text(json.dumps(written))
+        with pytest.raises(SystemExit) as e:
+            evaluate.main([str(tmp_path / name), "--device", "cpu"])
+        err = capsys.readouterr().err.strip()
+        assert e.value.code == 2 and len(err.splitlines()) == 1 and err.startswith("evaluate.py: error: ")
+        assert message in err

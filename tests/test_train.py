@@ -1,4 +1,5 @@
 """train.py end to end on tiny models and synthetic data: learning, run folder, resume, DDP, bad input."""
+import json
 import math
 import os
 import subprocess
@@ -150,7 +151,8 @@ def test_corrupted_regime_writes_the_sweep(tmp_path):
 def test_many_classes_trains_on_cifar100_folders(tmp_path):
     write_cifar_folder(tmp_path / "data", "cifar100", 10, 2)
     cfg, rows, final = run_train(tmp_path / "m", *TINY_VIT, "--regime", "many-classes", "--data-dir",
-                                 str(tmp_path / "data"), "--epochs", "1", "--batch-size", "100", "--no-download")
+                                 str(tmp_path / "data"), "--epochs", "1", "--batch-size", "100", "--no-download",
+                                 "--device", "cpu")
     counts = cfg["recorded"]["counts_per_class"]
     assert cfg["data"]["dataset"] == "cifar100" and cfg["recorded"]["num_classes"] == 100
     assert counts["train"] == [9] * 100 and counts["test"] == [2] * 100
@@ -261,7 +263,11 @@ def test_run_folder_is_protected(tmp_path, exits_2, monkeypatch):
     before = {f: open(out / f, "rb").read() for f in os.listdir(out)}
     err = exits_2([*BASE, "--out", str(out)])
     assert "already holds a finished run; pass --resume to continue it or --overwrite" in err
-    assert "--resume: " in exits_2([*BASE, "--out", str(out), "--resume", "--lr", "0.5"])
+    assert "--resume: --lr is 0.5 but the run in" in exits_2([*BASE, "--out", str(out), "--resume", "--lr", "0.5"])
+    # The seed draws the subset, the order and the dropout; the thresholds make final.json's epochs_to.
+    assert "--resume: --seed is 5 but the run in" in exits_2([*BASE, "--out", str(out), "--resume", "--seed", "5"])
+    assert "--resume: --thresholds is [0.5] but" in exits_2([*BASE, "--out", str(out), "--resume", "--thresholds",
+                                                            "0.5"])
     assert {f: open(out / f, "rb").read() for f in os.listdir(out)} == before
     assert "has no checkpoint.pt to resume from" in exits_2([*BASE, "--out", str(tmp_path / "empty"), "--resume"])
     monkeypatch.setenv("WORLD_SIZE", "2")
@@ -269,9 +275,25 @@ def test_run_folder_is_protected(tmp_path, exits_2, monkeypatch):
     monkeypatch.delenv("WORLD_SIZE")
     (tmp_path / "file").write_text("x")
     assert f"--out {tmp_path / 'file'} is a file, not a folder" in exits_2([*BASE, "--out", str(tmp_path / "file")])
+    nested = exits_2([*BASE, "--out", str(tmp_path / "file" / "run")])
+    assert f"--out {tmp_path / 'file' / 'run'}: {tmp_path / 'file'} is a file, not a folder" in nested
     assert {f: open(out / f, "rb").read() for f in os.listdir(out)} == before
     _, rows, _ = run_train(out, *BASE, "--epochs", "2", "--overwrite")
     assert len(rows) == 2
+
+
+@pytest.mark.slow
+def test_runs_written_before_config_sections_are_refused_by_resume(tmp_path, exits_2):
+    out = tmp_path / "old"
+    run_train(out, *BASE, "--stop-after-steps", "1000")
+    os.remove(out / "final.json")
+    config = json.loads((out / "config.json").read_text())
+    flat = {k: v for section in config.values() if isinstance(section, dict) for k, v in section.items()}
+    (out / "config.json").write_text(json.dumps(flat))  # the layout train.py wrote before 2026-12
+    before = {f: open(out / f, "rb").read() for f in os.listdir(out)}
+    err = exits_2([*BASE, "--out", str(out), "--resume"])
+    assert f"{out}/config.json has no model, data, optim and run sections: it was written by train.py before" in err
+    assert {f: open(out / f, "rb").read() for f in os.listdir(out)} == before
 
 
 def test_cli_error_is_one_line_without_traceback(tmp_path):
@@ -304,6 +326,10 @@ def test_default_run_folders_differ_across_a_regime_sweep():
     assert name("--attention", "performer") == "runs/vit-performer111-standard-cifar10-s0"  # 32 ln 32 = 110.9
     assert name("--attention", "lsa", "--spt") == "runs/vit-lsa-spt-standard-cifar10-s0"
     assert name("--attention", "nystrom", "--nystrom-conv", "0") == "runs/vit-nystrom16-conv0-standard-cifar10-s0"
+    # Minor options keep the names runs had before the options table: a circle window, Linformer sharing.
+    assert name("--attention", "local", "--window-shape", "circle") == "runs/vit-local1c-standard-cifar10-s0"
+    assert name("--attention", "linformer", "--linformer-share", "kv") == "runs/vit-linformer64kv-standard-cifar10-s0"
+    assert name("--arch", "resnet18", "--attention", "full") == "runs/resnet18-standard-cifar10-s0"  # allowed
 
 
 def test_lr_schedule_against_hand_values():
