@@ -23,7 +23,7 @@ from analyze_attention import (section_attention_distance, section_attention_sca
 from analyze_groups import (ACC_COLUMNS, BASE_ARCHS, COLORS, accuracy_line, base, compare, crossings, curves,
                             family_color, findings, fmt, load_groups, metric, pairs, pareto_front, plot_bars, save,
                             setting, stats, table)
-from evaluate import Parser, write_atomic
+from evaluate import Parser, fail, write_atomic
 
 
 def section_regimes(groups, out):
@@ -288,8 +288,7 @@ def main(argv=None):
     a = p.parse_args(argv)
     missing = [r for r in a.runs if not os.path.isdir(r)]
     if missing:
-        print(f"analyze.py: error: {missing[0]} is not a folder", file=sys.stderr)
-        return 2
+        fail(f"{missing[0]} is not a folder", "analyze.py")
     out = a.out or a.runs[0]
     _, n, skipped = write_report(a.runs, out)
     report, plots = os.path.join(out, "report.md"), os.path.join(out, "plots")
