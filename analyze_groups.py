@@ -15,6 +15,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from attention import ATTENTION_OPTIONS, attention_options, shown_options  # noqa: E402
+from data import class_list_text  # noqa: E402
 
 GROUPED = ("model", "data", "optim")  # what was trained: runs that differ only in their run section are seeds
 # A config.json written before sections was flat; these are its keys, by the section each belongs to now.
@@ -188,7 +189,8 @@ def cell_label(cfg):
         regime += f" n={cfg['per_class']}/class" if cfg.get("per_class") else f" {100 * cfg['fraction']:g}%"
     elif regime == "imbalanced":
         regime += f" R={cfg['imbalance_ratio']:g}"
-    return f"{regime} ({cfg['dataset']})"
+    classes = f" classes {class_list_text(cfg['classes'])}" if cfg.get("classes") else ""
+    return f"{regime} ({cfg['dataset']}{classes})"
 
 
 def stats(values):

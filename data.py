@@ -143,12 +143,50 @@ def load_synthetic(per_class=500, num_classes=10, size=32):
                 num_classes=num_classes, class_names=SHAPES[:num_classes])
 
 
-def dataset_shape(dataset, synthetic_size=None):
-    """(classes, image side) of a dataset, known before it is loaded: the model can be built, and refuse its
-    settings, before any download."""
+def dataset_shape(dataset, synthetic_size=None, classes=None):
+    """(classes, image side) of a dataset, or of the `classes` kept of it, known before it is loaded: the model
+    can be built, and refuse its settings, before any download."""
     if dataset == "synthetic":
-        return len(SHAPES), synthetic_size or SYNTHETIC_OPTIONS["synthetic_size"]
-    return CIFAR[dataset]["classes"], 32
+        return len(classes or SHAPES), synthetic_size or SYNTHETIC_OPTIONS["synthetic_size"]
+    return len(classes or range(CIFAR[dataset]["classes"])), 32
+
+
+def parse_classes(text, num_classes):
+    """'0-4', '5-9' or '0,2,4' (or a list of indices) -> the sorted class indices; DataError naming a bad value."""
+    text = text if isinstance(text, str) else ",".join(map(str, text))
+    wanted = set()
+    for part in text.split(","):
+        low, _, high = part.partition("-")
+        if not (low.isdigit() and (high.isdigit() or not high)) or int(high or low) < int(low):
+            raise DataError(f"--classes '{text}' is not a list of classes such as 0-4, 5-9 or 0,2,4")
+        wanted.update(range(int(low), int(high or low) + 1))
+    if max(wanted) >= num_classes:
+        raise DataError(f"--classes {text} names a class outside the dataset's 0-{num_classes - 1}")
+    if len(wanted) < 2:
+        raise DataError(f"--classes {text} keeps one class; a classifier needs at least 2")
+    return sorted(wanted)
+
+
+def class_list_text(classes):
+    """[0, 1, 2, 3, 4, 7, 9] -> '0-4,7,9': a class list as --classes writes it."""
+    runs = []
+    for c in classes:
+        if runs and c == runs[-1][-1] + 1:
+            runs[-1].append(c)
+        else:
+            runs.append([c])
+    return ",".join(f"{r[0]}-{r[-1]}" if len(r) > 1 else str(r[0]) for r in runs)
+
+
+def keep_classes(raw, classes):
+    """The raw dataset with only `classes`, relabelled 0..k-1 in their order (their names kept with them)."""
+    new_label = torch.full((raw["num_classes"],), -1, dtype=torch.long)
+    new_label[torch.tensor(classes)] = torch.arange(len(classes))
+    out = dict(raw, num_classes=len(classes), class_names=[raw["class_names"][c] for c in classes])
+    for split in ("train", "test"):
+        y = new_label[raw[f"y_{split}"]]
+        out[f"x_{split}"], out[f"y_{split}"] = raw[f"x_{split}"][y >= 0], y[y >= 0]
+    return out
 
 
 def load_dataset(name, data_dir, download=True, synthetic_per_class=500, synthetic_size=32):
@@ -230,6 +268,8 @@ def data_config(given):
             raise DataError(f"--regime many-classes trains on cifar100, but --dataset {data['dataset']} was given; "
                             "drop --dataset or use cifar100")
     data = dict(dataset=data.pop("dataset", "cifar10"), regime=data.pop("regime"), **data)
+    if "classes" in data:
+        data["classes"] = parse_classes(data["classes"], dataset_shape(data["dataset"])[0])
     conditional = [(regime == r, f"--regime {r} (got --regime {regime})", options)
                    for r, options in REGIME_OPTIONS.items()]
     conditional += [(data["dataset"] == "synthetic", "--dataset synthetic", SYNTHETIC_OPTIONS),
@@ -279,10 +319,13 @@ def build_data(dataset, regime, seed, val_fraction, data_dir="data", download=Tr
                imbalance_ratio=None, imbalance_profile=None, max_per_class=None, test_per_class=None,
                corruptions=None, train_corruption=None, train_severity=None, train_corruption_fraction=None,
                synthetic_per_class=SYNTHETIC_OPTIONS["synthetic_per_class"],
-               synthetic_size=SYNTHETIC_OPTIONS["synthetic_size"]):
-    """Load the dataset and apply split and regime: train/val/test tensors, per-class counts, normalisation and
-    the corruptions the test set is swept over (the data section of a run's config gives every argument)."""
+               synthetic_size=SYNTHETIC_OPTIONS["synthetic_size"], classes=None):
+    """Load the dataset (only `classes`, relabelled, if given) and apply split and regime: train/val/test tensors,
+    per-class counts, normalisation and the corruptions the test set is swept over (the data section of a run's
+    config gives every argument)."""
     raw = load_dataset(dataset, data_dir, download, synthetic_per_class, synthetic_size)
+    if classes:  # before the split and the regime: they apply to the classes kept
+        raw = keep_classes(raw, classes)
     C = raw["num_classes"]
     x, y = raw["x_train"], raw["y_train"]
     train_idx, val_idx = stratified_split(y, C, val_fraction, seed)

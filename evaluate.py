@@ -160,7 +160,8 @@ def build_run_data(cfg, data_dir=None):
 def build_run_model(cfg, backend="sdpa"):
     """A run's model from its config, initialised from its seed (the same weights for the same seed); the
     model's own checks (patch size, heads, Linformer k, landmarks) raise ValueError before any data is loaded."""
-    classes, image_size = dataset_shape(cfg["data"]["dataset"], cfg["data"].get("synthetic_size"))
+    data = cfg["data"]
+    classes, image_size = dataset_shape(data["dataset"], data.get("synthetic_size"), data.get("classes"))
     torch.manual_seed(cfg["run"]["seed"])
     try:
         return build_model(**cfg["model"], num_classes=classes, image_size=image_size, backend=backend)

@@ -19,7 +19,8 @@ from tqdm import tqdm
 
 from attention import ATTENTION_OPTIONS, ATTENTIONS, option_flag, shown_options
 from data import (CORRUPTIONS, DATA_DEFAULTS, DATASETS, REGIME_OPTIONS, REGIMES, SPARSE_FRACTION, SYNTHETIC_OPTIONS,
-                  TRAIN_CORRUPTION_OPTIONS, augment, data_config, epoch_plan, normalize, rank_batches)
+                  TRAIN_CORRUPTION_OPTIONS, augment, class_list_text, data_config, epoch_plan, normalize,
+                  rank_batches)
 from evaluate import (SECTIONS, Parser, attention_backend, autocast, build_run_data, build_run_model, device_name,
                       evaluate_split, fail, final_metrics, git_commit, load_checkpoint, make_device, read_config,
                       save_checkpoint, versions, write_json, write_jsonl)
@@ -66,6 +67,7 @@ def get_parser():
     a("--max-per-class", type=int,
       help="cap every class's training pool at this many images before the regime (a seeded prefix; quick sweeps)")
     a("--test-per-class", type=int, help="evaluate on a fixed balanced test subset of this many images per class")
+    a("--classes", help="keep only these classes of the dataset, relabelled 0..k-1 in order: 0-4, 5-9, 0,2,4")
     a("--synthetic-per-class", type=int, help="synthetic: training images per class, a fifth as many test images "
                                               f"(default {SYNTHETIC_OPTIONS['synthetic_per_class']})")
     a("--synthetic-size", type=int,
@@ -181,14 +183,16 @@ def attention_tag(model):
 
 
 def default_out(model, data, optim, seed):
-    """runs/<arch>[<attention>][-t<budget>s]-<regime>[<its parameter>]-<dataset>-s<seed>: distinct across a sweep."""
+    """runs/<arch>[<attention>][-t<budget>s]-<regime>[<its parameter>]-<dataset>[-c<classes>]-s<seed>: distinct
+    across a sweep."""
     arch = model["arch"] + attention_tag(model) + (f"-t{optim['time_budget']:g}s" if "time_budget" in optim else "")
     regime = data["regime"]
     if regime == "sparse":
         regime += f"-n{data['per_class']}" if "per_class" in data else f"-f{data['fraction']:g}"
     elif regime == "imbalanced":
         regime += f"-r{data['imbalance_ratio']:g}-{data['imbalance_profile']}"
-    return f"runs/{arch}-{regime}-{data['dataset']}-s{seed}"
+    classes = f"-c{class_list_text(data['classes'])}" if "classes" in data else ""
+    return f"runs/{arch}-{regime}-{data['dataset']}{classes}-s{seed}"
 
 
 def check_out_dir(cfg, world):

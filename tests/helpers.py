@@ -83,7 +83,7 @@ FAKE_SECTIONS = dict(model={"arch", "attention", "spt", "patch_size", "pool", "d
                             "window_shape", "dilation", "dilations", "linformer_k", "linformer_share",
                             "performer_features", "landmarks", "pinv_iters", "nystrom_conv", "stages"},
                      data={"dataset", "regime", "fraction", "per_class", "imbalance_ratio", "imbalance_profile",
-                           "max_per_class", "corruptions"},
+                           "max_per_class", "corruptions", "classes"},
                      optim={"epochs", "time_budget", "lr", "opt", "momentum", "amp"},
                      run={"seed", "out", "thresholds", "attention_backend"})
 

@@ -231,3 +231,15 @@ def test_a_setting_only_one_model_has_keeps_them_apart(tmp_path):
     assert sorted(g["cell"] for g in groups) == ["standard (cifar10)", "standard (cifar10) [max_per_class=50]"]
     report, _, _ = analyze.write_report([str(tmp_path)], str(tmp_path / "out"))
     assert "resnet18 reaches 90.0%" not in report
+
+
+def test_a_subset_of_classes_is_a_data_cell_of_its_own(tmp_path):
+    fake_run(tmp_path, "vit-c5-9", 0, 0.7, classes=[5, 6, 7, 8, 9])
+    fake_run(tmp_path, "resnet18-c5-9", 0, 0.8, arch="resnet18", classes=[5, 6, 7, 8, 9])
+    fake_run(tmp_path, "vit", 0, 0.5)
+    groups, _, _ = analyze_groups.load_groups([str(tmp_path)])
+    assert sorted((g["model"], g["cell"]) for g in groups) == [
+        ("resnet18", "standard (cifar10 classes 5-9)"), ("vit", "standard (cifar10 classes 5-9)"),
+        ("vit", "standard (cifar10)")]
+    report, _, _ = analyze.write_report([str(tmp_path)], str(tmp_path / "out"))
+    assert "On standard (cifar10 classes 5-9), resnet18 reaches 80.0% test accuracy against 70.0% for vit" in report

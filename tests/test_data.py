@@ -307,3 +307,25 @@ def test_data_config_fills_regime_defaults_and_keeps_only_what_applies():
     d = data.build_data(**data.data_config(dict(dataset="synthetic", synthetic_per_class=20, synthetic_size=16,
                                                 regime="sparse", per_class=3)), seed=0, download=False)
     assert d["counts"]["train"] == [3] * 10 and d["counts"]["val"] == [2] * 10 and d["corruptions"] == []
+
+
+def test_classes_keep_a_subset_relabelled_in_order(tmp_path):
+    x, y = write_cifar_folder(tmp_path, "cifar10", 6, 3)
+    assert data.parse_classes("5-9", 10) == [5, 6, 7, 8, 9] and data.parse_classes("0,2,4", 10) == [0, 2, 4]
+    assert data.parse_classes("0-2,7", 10) == [0, 1, 2, 7] and data.class_list_text([0, 1, 2, 7, 9]) == "0-2,7,9"
+    for text, message in (("3-12", "names a class outside the dataset's 0-9"), ("5-3", "is not a list of classes"),
+                          ("a,1", "is not a list of classes"), ("4", "keeps one class; a classifier needs at least 2")):
+        with pytest.raises(data.DataError, match=message):
+            data.parse_classes(text, 10)
+    d = data.build_data(dataset="cifar10", regime="standard", seed=0, val_fraction=0.0, data_dir=str(tmp_path),
+                        download=False, classes=[2, 5, 7])
+    keep = np.isin(y, [2, 5, 7])
+    assert torch.equal(d["x_train"].sort(0).values, torch.from_numpy(x[keep]).sort(0).values)
+    relabel = {2: 0, 5: 1, 7: 2}
+    expected = torch.tensor([relabel[c] for c in y[keep]])
+    order = torch.from_numpy(np.nonzero(keep)[0])  # build_data keeps the training set in its file order
+    assert torch.equal(d["y_train"], expected) and torch.equal(d["x_train"], torch.from_numpy(x)[order])
+    assert d["num_classes"] == 3 and d["class_names"] == ["c2", "c5", "c7"]
+    assert d["counts"]["train"] == [6, 6, 6] and d["counts"]["test"] == [3, 3, 3]
+    assert data.dataset_shape("cifar10", classes=[2, 5, 7]) == (3, 32)
+    assert data.data_config(dict(classes="7,2-3"))["classes"] == [2, 3, 7]

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from attention import ATTENTIONS
-from data import DATASETS, REGIMES
+from data import DATASETS, REGIMES, SHAPES
 from helpers import ROOT, TINY_DATA, TINY_RESNET, TINY_VIT, read_run, run_train, write_cifar_folder
 from model import ARCHS
 
@@ -160,6 +160,21 @@ def test_many_classes_trains_on_cifar100_folders(tmp_path):
 
 
 @pytest.mark.slow
+def test_a_subset_of_classes_trains_a_head_of_that_size(tmp_path):
+    # Classes 5-9 of the synthetic shapes, relabelled 0-4: the model, the metrics and the record all have 5.
+    cfg, rows, final = run_train(tmp_path / "c", *TINY_VIT, *TINY_DATA, "--epochs", "1", "--classes", "5-9")
+    assert cfg["data"]["classes"] == [5, 6, 7, 8, 9] and cfg["recorded"]["num_classes"] == 5
+    assert cfg["recorded"]["class_names"] == SHAPES[5:] == ["x-cross", "ring", "h-bar", "v-bar", "triangle-down"]
+    assert cfg["recorded"]["counts_per_class"]["train"] == [54] * 5 and len(final["confusion"]) == 5
+    state = torch.load(tmp_path / "c" / "checkpoint.pt", weights_only=False)["model"]
+    assert state["head.weight"].shape[0] == 5
+    import train
+    parser = train.get_parser()
+    name = train.resolve_config(parser.parse_args(["--classes", "0,2-4"]), parser.sections)["run"]["out"]
+    assert name == "runs/vit-standard-cifar10-c0,2-4-s0"
+
+
+@pytest.mark.slow
 def test_imbalanced_run_records_long_tail_counts(tmp_path):
     cfg, _, _ = run_train(tmp_path / "i", *TINY_VIT, *TINY_DATA, "--epochs", "1", "--regime", "imbalanced",
                           "--imbalance-ratio", "10")
@@ -222,6 +237,8 @@ BASE = [*TINY_VIT, *TINY_DATA, "--epochs", "1"]
     (["--regime", "sparse", "--fraction", "0.5", "--per-class", "3"], "give --fraction or --per-class, not both"),
     (["--warmup-epochs", "3"], "--warmup-epochs 3.0 must be in [0, --epochs 1]"),
     (["--val-fraction", "1"], "--val-fraction 1.0 is outside [0, 1)"),
+    (["--classes", "3-12"], "--classes 3-12 names a class outside the dataset's 0-9"),
+    (["--classes", "0-x"], "--classes '0-x' is not a list of classes such as 0-4, 5-9 or 0,2,4"),
     (["--regime", "many-classes"], "--regime many-classes trains on cifar100, but --dataset synthetic was given"),
     (["--device", "cuda"] if not torch.cuda.is_available() else ["--device", "tpu"], "--device"),
 ])
