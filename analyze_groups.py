@@ -100,15 +100,19 @@ def load_runs(roots):
     return runs, skipped
 
 
+def trained(sections):
+    """What was trained: the model, data and optim sections, None and False values counting as absent."""
+    return {s: {k: v for k, v in sections[s].items() if v is not None and v is not False} for s in GROUPED}
+
+
 def group_dict(sections):
-    """What was trained, as one dict of the model, data and optim settings; None and False count as absent."""
-    return {k: v for s in GROUPED for k, v in sections[s].items() if v is not None and v is not False}
+    """What was trained as one dict, for labels (a key's name is unique across the sections train.py writes)."""
+    return {k: v for section in trained(sections).values() for k, v in section.items()}
 
 
 def group_key(sections):
-    """The key that makes runs seeds of one group: their model, data and optim sections, None and False absent."""
-    return json.dumps({s: {k: v for k, v in sections[s].items() if v is not None and v is not False}
-                       for s in GROUPED}, sort_keys=True)
+    """The key that makes runs seeds of one group: what was trained, section by section."""
+    return json.dumps(trained(sections), sort_keys=True)
 
 
 def group_runs(runs):
