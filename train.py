@@ -388,13 +388,14 @@ def main(argv=None):
         if len(data["x_train"]) < world:
             raise ValueError(f"the training set has {len(data['x_train'])} images, fewer than the {world} processes")
         optimizer = make_optimizer(model, cfg["optim"])
-        start, history, ckpt = 0, [], None
+        start, history = 0, []
         out = cfg["run"]["out"]
         clock = dict(elapsed=0.0, train_step_seconds=0.0, peak_memory_mb=None, steps=0)  # steps: of this launch
         if cfg["run"]["resume"]:
             ckpt = load_checkpoint(os.path.join(out, "checkpoint.pt"), device, model, optimizer)
             start, history = ckpt["epoch"], ckpt["history"]
             clock |= {k: ckpt[k] for k in ("elapsed", "train_step_seconds", "peak_memory_mb")}
+            del ckpt  # its tensors are in the model and optimizer now; a second copy would stay on the device
     except ValueError as e:
         fail(e, "train.py")
 
@@ -406,7 +407,7 @@ def main(argv=None):
             # Per-process BatchNorm statistics would differ from the 1-GPU run. The converted model keeps the same
             # parameter tensors, so the optimizer built above still holds them.
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    if ckpt is not None:
+    if cfg["run"]["resume"]:
         if rank == 0:  # config.json keeps describing the first launch; each resume is logged beside it
             config = read_config(out)
             config.setdefault("resumes", []).append(dict(epoch=start, device=device_name(device),
