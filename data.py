@@ -286,6 +286,10 @@ def data_config(given):
         if data["per_class"] is None:
             data["fraction"] = SPARSE_FRACTION if data["fraction"] is None else data["fraction"]
         data = {k: v for k, v in data.items() if v is not None}
+    if "resize" in data and "img_size" not in data:
+        raise DataError("--resize applies to --img-size")
+    if "img_size" in data:
+        data.setdefault("resize", "bilinear")
     if regime == "corrupted":
         text = data["corruptions"]
         names = text.split(",") if isinstance(text, str) else text or list(CORRUPTIONS)
@@ -305,7 +309,7 @@ def check_data_config(data):
         raise DataError(f"--val-fraction {data['val_fraction']} is outside [0, 1)")
     if not 0 <= data.get("train_corruption_fraction", 0) <= 1:
         raise DataError(f"--train-corruption-fraction {data['train_corruption_fraction']} is outside [0, 1]")
-    for key in ("per_class", "max_per_class", "test_per_class"):
+    for key in ("per_class", "max_per_class", "test_per_class", "img_size"):
         if data.get(key, 1) < 1:
             raise DataError(f"--{key.replace('_', '-')} {data[key]} must be at least 1")
     if data.get("imbalance_ratio", 1) < 1:
@@ -319,10 +323,10 @@ def build_data(dataset, regime, seed, val_fraction, data_dir="data", download=Tr
                imbalance_ratio=None, imbalance_profile=None, max_per_class=None, test_per_class=None,
                corruptions=None, train_corruption=None, train_severity=None, train_corruption_fraction=None,
                synthetic_per_class=SYNTHETIC_OPTIONS["synthetic_per_class"],
-               synthetic_size=SYNTHETIC_OPTIONS["synthetic_size"], classes=None):
+               synthetic_size=SYNTHETIC_OPTIONS["synthetic_size"], classes=None, img_size=None, resize=None):
     """Load the dataset (only `classes`, relabelled, if given) and apply split and regime: train/val/test tensors,
-    per-class counts, normalisation and the corruptions the test set is swept over (the data section of a run's
-    config gives every argument)."""
+    per-class counts, normalisation, the corruptions the test set is swept over, and the model's input size with
+    the resize mode that reaches it (the data section of a run's config gives every argument)."""
     raw = load_dataset(dataset, data_dir, download, synthetic_per_class, synthetic_size)
     if classes:  # before the split and the regime: they apply to the classes kept
         raw = keep_classes(raw, classes)
@@ -346,7 +350,8 @@ def build_data(dataset, regime, seed, val_fraction, data_dir="data", download=Tr
     mean, std = channel_stats(x_train)
     return dict(x_train=x_train, y_train=y_train, x_val=x[val_idx], y_val=y[val_idx],
                 x_test=x_test, y_test=y_test, num_classes=C, class_names=raw["class_names"],
-                mean=mean, std=std, corruptions=list(corruptions or []),
+                mean=mean, std=std, corruptions=list(corruptions or []), input_size=img_size or x.shape[-1],
+                resize=resize or "bilinear",
                 counts=dict(train=counts(y_train), val=counts(y[val_idx]), test=counts(y_test)))
 
 
@@ -409,11 +414,20 @@ def augment(images, shifts, flips, pad=4):
     return padded[batch, chan, rows[:, None, :, None], cols[:, None, None, :]]
 
 
-def normalize(images, mean, std):
-    """uint8 (N, 3, H, W) to float32, standardised per channel; mean and std are lists or tensors on the device."""
+RESIZE_MODES = ["bilinear", "bicubic"]
+
+
+def normalize(images, mean, std, size=None, mode="bilinear"):
+    """uint8 (N, 3, H, W) to float32, standardised per channel (mean and std: lists or tensors on the device) and
+    resized to size x size if given (--img-size: batched, on the images' device, antialiased when shrinking)."""
     mean = torch.as_tensor(mean, device=images.device).view(1, -1, 1, 1)
     std = torch.as_tensor(std, device=images.device).view(1, -1, 1, 1)
-    return (images.float() / 255 - mean) / std
+    x = (images.float() / 255 - mean) / std
+    if size is None or tuple(x.shape[-2:]) == (size, size):
+        return x
+    # After standardising: a per-channel affine map commutes with interpolation (its weights sum to 1), and the
+    # float image needs no rounding back to uint8.
+    return F.interpolate(x, size=(size, size), mode=mode, align_corners=False, antialias=size < x.shape[-1])
 
 
 # ----------------------------------------------------------------------------- corruptions (CIFAR-10-C)

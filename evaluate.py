@@ -24,7 +24,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from attention import (ATTENTIONS, WINDOWED, Attention, attention_options, flex_attention, flex_block_mask,
                        local_attention_mask)
 from data import build_data, corrupt, dataset_shape, normalize
-from model import ViT, build_model, count_params
+from model import (RESNET_PRESETS, ViT, build_model, count_params, torchvision_name, torchvision_vit_state,
+                   transfer_state)
 
 SOFTMAX_KINDS = WINDOWED | {"full", "lsa"}  # kinds with explicit attention weights, for attention_distance
 SECTIONS = ("model", "data", "optim", "run")  # a run's config.json: these, then what the run recorded
@@ -162,11 +163,84 @@ def build_run_model(cfg, backend="sdpa"):
     model's own checks (patch size, heads, Linformer k, landmarks) raise ValueError before any data is loaded."""
     data = cfg["data"]
     classes, image_size = dataset_shape(data["dataset"], data.get("synthetic_size"), data.get("classes"))
+    image_size = data.get("img_size", image_size)  # --img-size: the images are resized to it on the device
     torch.manual_seed(cfg["run"]["seed"])
     try:
         return build_model(**cfg["model"], num_classes=classes, image_size=image_size, backend=backend)
     except TypeError as e:  # a key of another version of this code
         raise ValueError(f"the model section of this config does not fit this code ({e})")
+
+
+def source_state(path, device="cpu"):
+    """--init: a finished run folder of this lab (its checkpoint.pt) or a checkpoint file -> (model state dict,
+    the source's config or None); ValueError saying why it cannot be used."""
+    folder = path if os.path.isdir(path) else os.path.dirname(path)
+    file = os.path.join(path, "checkpoint.pt") if os.path.isdir(path) else path
+    if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "final.json")):
+        raise ValueError(f"--init {path} is not a finished run folder (no final.json)")
+    if not os.path.isfile(file):
+        raise ValueError(f"--init {path}: no such file or run folder")
+    try:
+        checkpoint = torch.load(file, map_location=device, weights_only=False)
+    except Exception as e:
+        raise ValueError(f"--init {path}: cannot load {file} ({type(e).__name__})")
+    state = checkpoint.get("model", checkpoint) if isinstance(checkpoint, dict) else None
+    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
+        raise ValueError(f"--init {path}: {file} holds no model state dict")
+    has_config = os.path.isfile(os.path.join(folder, "config.json"))
+    return state, read_config(folder) if has_config else None
+
+
+def imagenet_state(arch, weights, weights_file=None, download=True):
+    """torchvision's ImageNet weights for `arch` (our ViT's names for ViTs) through its weight API and the torch hub
+    cache, or from weights_file -> (state dict, the weights' enum entry); ValueError naming the file to fetch."""
+    entry = torchvision.models.get_model_weights(torchvision_name(arch))[weights]
+    if weights_file is None:
+        folder = os.path.join(torch.hub.get_dir(), "checkpoints")
+        file = os.path.basename(entry.url)
+        where = (f"--pretrained imagenet --weights {weights}: {file} is not in the torch hub cache; put it in "
+                 f"{folder} ($TORCH_HOME/hub/checkpoints/{file}, from {entry.url}) or pass --weights-file PATH")
+        if not download and not os.path.isfile(os.path.join(folder, file)):
+            raise ValueError(where + " (--no-download)")
+        try:
+            state = entry.get_state_dict(progress=False, check_hash=True)
+        except Exception as e:  # offline, or a corrupt download: the message says which file is wanted
+            raise ValueError(f"{where} ({type(e).__name__})")
+    else:
+        try:
+            state = torch.load(weights_file, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise ValueError(f"--weights-file {weights_file}: cannot load it ({type(e).__name__})")
+    return (state if arch in RESNET_PRESETS else torchvision_vit_state(state)), entry
+
+
+def start_weights(cfg, model, download=True):
+    """Load the model section's starting point (--init or --pretrained) into model: what was done, for
+    config.json, and the normalisation its features were learned with ((mean, std), or None: the data's own)."""
+    m = cfg["model"]
+    if "init" in m:
+        state, source = source_state(m["init"])
+        if source is not None:
+            kind = lambda arch: "resnet" if arch in RESNET_PRESETS else "vit"
+            if kind(source["model"]["arch"]) != kind(m["arch"]):
+                raise ValueError(f"--init {m['init']}: a {source['model']['arch']} run cannot start "
+                                 f"--arch {m['arch']}")
+        record = dict(source=os.path.abspath(m["init"]), source_model=source and source["model"],
+                      source_data=source and source["data"],
+                      source_commit=source and source["recorded"].get("git_commit"),
+                      attention_from=(source["model"].get("attention") if source else None))
+        norm = source and source["recorded"]["normalization"]
+        norm = norm and (norm["mean"], norm["std"])
+    else:
+        state, entry = imagenet_state(m["arch"], m["weights"], m.get("weights_file"), download)
+        record = dict(source=m.get("weights_file") or entry.url, weights=f"{type(entry).__name__}.{m['weights']}",
+                      attention_from="full" if isinstance(model, ViT) else None)
+        norm = (entry.transforms().mean, entry.transforms().std)  # the normalisation the weights were trained with
+    try:
+        record |= transfer_state(model, state, fresh_head="truncate" in m)
+    except ValueError as e:
+        raise ValueError(f"{'--init ' + m['init'] if 'init' in m else '--pretrained imagenet'}: {e}")
+    return record, norm
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -177,14 +251,14 @@ def autocast(device, amp):
 
 
 @torch.no_grad()
-def predict(model, images, labels, mean, std, device, amp=False, batch_size=512):
+def predict(model, images, labels, mean, std, device, amp=False, batch_size=512, size=None, resize="bilinear"):
     """The one evaluation loop: float32 logits of uint8 images (N, 3, H, W) in eval mode, batch by batch on
-    `device`, and their summed cross-entropy against labels (float64)."""
+    `device` (standardised, and resized to `size` if given), and their summed cross-entropy against labels."""
     model.eval()
     mean, std = (torch.tensor(v, device=device) for v in (mean, std))
     logits, loss_sum = [], torch.zeros((), dtype=torch.float64, device=device)
     for i in range(0, len(images), batch_size):
-        x = normalize(images[i:i + batch_size].to(device), mean, std)
+        x = normalize(images[i:i + batch_size].to(device), mean, std, size, resize)
         with autocast(device, amp):
             out = model(x).float()
         loss_sum += F.cross_entropy(out, labels[i:i + batch_size].to(device), reduction="sum")
@@ -194,13 +268,23 @@ def predict(model, images, labels, mean, std, device, amp=False, batch_size=512)
 
 def evaluate_split(model, images, labels, data, device, amp, rank=0, world=1):
     """Mean cross-entropy and accuracy on a split, each process taking every world-th image; (None, None) if empty."""
-    logits, loss_sum = predict(model, images[rank::world], labels[rank::world], data["mean"], data["std"], device, amp)
+    logits, loss_sum = predict(model, images[rank::world], labels[rank::world], data["mean"], data["std"], device, amp,
+                               size=data["input_size"], resize=data["resize"])
     hits = logits.argmax(1) == labels[rank::world].to(device) if len(logits) else torch.zeros(0, device=device)
     totals = torch.stack([loss_sum, hits.sum().double(), torch.tensor(len(hits), dtype=torch.float64, device=device)])
     if world > 1:
         dist.all_reduce(totals)
     loss, correct, n = totals.tolist()
     return (loss / n, correct / n) if n else (None, None)
+
+
+def start_accuracy(model, data, device, amp):
+    """Validation loss and accuracy and test accuracy of a model as it is (the starting weights of a transfer)."""
+    val_loss, val_acc = evaluate_split(model, data["x_val"], data["y_val"], data, device, amp)
+    logits, _ = predict(model, data["x_test"], data["y_test"], data["mean"], data["std"], device, amp,
+                        size=data["input_size"], resize=data["resize"])
+    test_acc = (logits.argmax(1).cpu() == data["y_test"]).double().mean().item()
+    return dict(val_loss=val_loss, val_acc=val_acc, test_acc=test_acc)
 
 
 def classification_metrics(logits, labels, num_classes):
@@ -285,21 +369,22 @@ def measure_speed(model, image_size, device, amp=False, batch_size=256, repeats=
     return dict(throughput_images_per_s=batch_size / results[batch_size], latency_ms=1000 * results[1])
 
 
-def corruption_sweep(model, images, labels, mean, std, device, amp, names, seed=0):
+def corruption_sweep(model, images, labels, data, device, amp, names, seed=0):
     """Top-1 accuracy on corrupted copies of the test set: {name: {severity: acc}} and the mean over all cells."""
     table = {}
     for name in names:
         table[name] = {}
         for severity in range(1, 6):
             bad = corrupt(images, name, severity, seed=seed)  # same seed for every model: identical images
-            logits, _ = predict(model, bad, labels, mean, std, device, amp)
+            logits, _ = predict(model, bad, labels, data["mean"], data["std"], device, amp, size=data["input_size"],
+                                resize=data["resize"])
             table[name][str(severity)] = logits.argmax(1).cpu().eq(labels).double().mean().item()
     cells = [a for per in table.values() for a in per.values()]
     return table, sum(cells) / len(cells)
 
 
 @torch.no_grad()
-def attention_distance(model, images, mean, std, device, batch_size=64):
+def attention_distance(model, images, mean, std, device, batch_size=64, size=None, resize="bilinear"):
     """Per block and head, the mean grid distance (in patches) from a patch to the patches it attends to.
 
     Each patch query's weights on patch keys (prefix keys such as cls left out, the rest renormalised) weight the
@@ -316,7 +401,7 @@ def attention_distance(model, images, mean, std, device, batch_size=64):
     mean, std = (torch.tensor(v, device=device) for v in (mean, std))
     sums = torch.zeros(len(model.blocks), model.blocks[0].attn.heads, dtype=torch.float64, device=device)
     for i in range(0, len(images), batch_size):
-        x = model.embed(normalize(images[i:i + batch_size].to(device), mean, std))
+        x = model.embed(normalize(images[i:i + batch_size].to(device), mean, std, size, resize))
         for n, block in enumerate(model.blocks):
             a = block.attn.weights(block.norm1(x))[:, :, c:, c:].float()  # patch queries on patch keys
             a = a / a.sum(-1, keepdim=True).clamp_min(1e-12)
@@ -327,20 +412,22 @@ def attention_distance(model, images, mean, std, device, batch_size=64):
 
 def final_metrics(model, data, device, amp, history, thresholds):
     """Every number of final.json that depends on the model and data (train.py adds timing and memory)."""
-    image_size = data["x_test"].shape[-1]
-    logits, _ = predict(model, data["x_test"], data["y_test"], data["mean"], data["std"], device, amp)
+    image_size = data["input_size"]
+    logits, _ = predict(model, data["x_test"], data["y_test"], data["mean"], data["std"], device, amp,
+                        size=image_size, resize=data["resize"])
     out = classification_metrics(logits, data["y_test"], data["num_classes"])
-    out["params"] = count_params(model)
+    out["params"] = count_params(model)  # all of them, frozen or not
     out["flops_per_image"] = count_flops(model, torch.zeros(1, 3, image_size, image_size, device=device))
     out.update(measure_speed(model, image_size, device, amp))
     out["epochs_to"], out["seconds_to"] = threshold_crossings(history, thresholds)
     vals = [m["val_acc"] for m in history if m.get("val_acc") is not None]
     out["best_val_acc"] = max(vals) if vals else None
     # On a fixed first 256 test images: the same for every model of a comparison.
-    out["attention_distance"] = attention_distance(model, data["x_test"][:256], data["mean"], data["std"], device)
+    out["attention_distance"] = attention_distance(model, data["x_test"][:256], data["mean"], data["std"], device,
+                                                   size=image_size, resize=data["resize"])
     if data["corruptions"]:  # the corrupted regime: the test set under every corruption and severity
         out["corruption"], out["corruption_mean"] = corruption_sweep(
-            model, data["x_test"], data["y_test"], data["mean"], data["std"], device, amp, data["corruptions"])
+            model, data["x_test"], data["y_test"], data, device, amp, data["corruptions"])
         out["corruption_relative_drop"] = 1 - out["corruption_mean"] / max(out["test_acc"], 1e-12)
     return out
 
@@ -501,6 +588,8 @@ def evaluate_run(run_dir, device_flag, data_dir):
     # The backend is not part of what was trained: pick the one this device runs (flex and sdpa agree).
     model = build_run_model(cfg, attention_backend(cfg["model"].get("attention"), "auto", device)).to(device)
     data = build_run_data(cfg, data_dir)
+    norm = cfg["recorded"]["normalization"]  # what it was trained with (a transfer's: its source's)
+    data["mean"], data["std"] = norm["mean"], norm["std"]
     ckpt = load_checkpoint(ckpt_path, device, model)
     amp = cfg["optim"]["amp"] and device.type == "cuda"
     out = final_metrics(model, data, device, amp, ckpt["history"], cfg["run"]["thresholds"])

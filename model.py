@@ -1,4 +1,8 @@
-"""Our ViT and torchvision's ResNets (with a small-image stem); `build_model` makes any of them by name."""
+"""Our ViT and torchvision's ResNets (with a small-image stem); `build_model` makes any of them by name, and
+`transfer_state` starts one from another's weights (a run of this lab or torchvision's ImageNet weights)."""
+import math
+import re
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -14,7 +18,12 @@ VIT_PRESETS = {
     "vit-11m": dict(depth=6, dim=384, heads=6, mlp_ratio=4.0, patch_size=4),  # ResNet-18's parameter count
     "vit-shallow": dict(depth=2, dim=256, heads=8, mlp_ratio=2.0, patch_size=4),
     "vit-shallow1": dict(depth=1, dim=256, heads=8, mlp_ratio=2.0, patch_size=4),
+    # torchvision's vit_b_16 / vit_b_32 / vit_l_16 sizes, for its ImageNet weights (LayerNorm eps as its own).
+    "vit-b16": dict(depth=12, dim=768, heads=12, mlp_ratio=4.0, patch_size=16, norm_eps=1e-6),
+    "vit-b32": dict(depth=12, dim=768, heads=12, mlp_ratio=4.0, patch_size=32, norm_eps=1e-6),
+    "vit-l16": dict(depth=24, dim=1024, heads=16, mlp_ratio=4.0, patch_size=16, norm_eps=1e-6),
 }
+TORCHVISION_VITS = {"vit-b16": "vit_b_16", "vit-b32": "vit_b_32", "vit-l16": "vit_l_16"}
 # ResNets: torchvision's, with `stages` residual stages kept (4 is the full network).
 RESNET_PRESETS = {
     "resnet18": dict(base="resnet18", stages=4),
@@ -72,12 +81,12 @@ class ShiftedPatchEmbed(nn.Module):
 class Block(nn.Module):
     """Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x))."""
 
-    def __init__(self, dim, heads, mlp_ratio, dropout, drop_path, attention):
+    def __init__(self, dim, heads, mlp_ratio, dropout, drop_path, attention, norm_eps=1e-5):
         super().__init__()
         hidden = int(dim * mlp_ratio)
-        self.norm1 = nn.LayerNorm(dim)
+        self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
         self.attn = Attention(dim, heads, **attention)
-        self.norm2 = nn.LayerNorm(dim)
+        self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout),
                                  nn.Linear(hidden, dim), nn.Dropout(dropout))
         self.drop_path = DropPath(drop_path)
@@ -92,7 +101,8 @@ class ViT(nn.Module):
     pre-norm blocks with any attention of attention.py (its options, and `backend`, in attention_options)."""
 
     def __init__(self, num_classes, image_size=32, patch_size=4, depth=6, dim=256, heads=8, mlp_ratio=2.0,
-                 pool="cls", attention="full", attention_options=None, spt=False, dropout=0.0, drop_path=0.0):
+                 pool="cls", attention="full", attention_options=None, spt=False, dropout=0.0, drop_path=0.0,
+                 norm_eps=1e-5):
         super().__init__()
         if image_size % patch_size:
             allowed = ", ".join(str(p) for p in range(1, image_size + 1) if image_size % p == 0)
@@ -110,10 +120,10 @@ class ViT(nn.Module):
         rates = torch.linspace(0, drop_path, depth).tolist()  # deeper blocks are dropped more often
         self.blocks = nn.ModuleList()
         for r in rates:
-            self.blocks.append(Block(dim, heads, mlp_ratio, dropout, r, options))
+            self.blocks.append(Block(dim, heads, mlp_ratio, dropout, r, options, norm_eps))
             if attention == "linformer" and options.get("linformer_share") == "layers":
                 options["shared_projection"] = self.blocks[0].attn.proj_k  # one matrix for every layer
-        self.norm = nn.LayerNorm(dim)
+        self.norm = nn.LayerNorm(dim, eps=norm_eps)
         self.head = nn.Linear(dim, num_classes)
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         if self.cls_token is not None:
@@ -140,10 +150,11 @@ class ViT(nn.Module):
         return self.head(x[:, 0] if self.pool == "cls" else x.mean(1))
 
 
-def resnet(base, num_classes, image_size=32, stages=4):
-    """torchvision ResNet; for inputs of 64 px or less a 3x3 stride-1 stem without max-pool; keeps `stages` stages."""
+def resnet(base, num_classes, image_size=32, stages=4, imagenet_stem=False):
+    """torchvision ResNet keeping `stages` stages; for inputs of 64 px or less a 3x3 stride-1 stem without max-pool,
+    unless imagenet_stem (ImageNet weights bring their own stem)."""
     net = getattr(torchvision.models, base)(weights=None, num_classes=num_classes)
-    if image_size <= 64:
+    if image_size <= 64 and not imagenet_stem:
         # The ImageNet stem (7x7 stride 2 + max-pool) shrinks a 32 px image to 8 px before any residual stage.
         net.conv1 = nn.Conv2d(3, 64, 3, stride=1, padding=1, bias=False)
         nn.init.kaiming_normal_(net.conv1.weight, mode="fan_out", nonlinearity="relu")  # as torchvision's convs
@@ -158,20 +169,63 @@ def resnet(base, num_classes, image_size=32, stages=4):
     return net
 
 
+# What a model starts from (absent: random weights) and how much of it is kept: a run's model section holds
+# these only when given. build_model makes the architecture; the weights are loaded by transfer_state.
+TRANSFER_KEYS = ("init", "pretrained", "weights", "weights_file", "truncate")
+DEFAULT_WEIGHTS = "IMAGENET1K_V1"
+
+
+def torchvision_name(arch):
+    """torchvision's builder name for an architecture with ImageNet weights (vit-b16 -> vit_b_16), else None."""
+    return TORCHVISION_VITS.get(arch) or RESNET_PRESETS.get(arch, {}).get("base")
+
+
+def transfer_config(arch, depth, given):
+    """The model section's starting point (init, or pretrained with its weights) and truncate K, checked against
+    the architecture of `depth` blocks or stages; ValueError naming the bad flag."""
+    out = {k: given[k] for k in TRANSFER_KEYS if given.get(k) is not None}
+    if "init" in out and "pretrained" in out:
+        raise ValueError("--init and --pretrained are two starting points; give one")
+    if "pretrained" in out:
+        name = torchvision_name(arch)
+        with_weights = [a for a in ARCHS if torchvision_name(a)]
+        if out["pretrained"] != "imagenet" or name is None:
+            raise ValueError(f"--pretrained {out['pretrained']} --arch {arch}: torchvision has ImageNet weights "
+                             f"(--pretrained imagenet) for {', '.join(with_weights)}")
+        out.setdefault("weights", DEFAULT_WEIGHTS)
+        names = [w for w in torchvision.models.get_model_weights(name).__members__ if w != "DEFAULT"]
+        if out["weights"] not in names:
+            raise ValueError(f"--weights {out['weights']} is not one of {name}'s: {', '.join(names)}")
+    else:
+        for flag in ("weights", "weights_file"):
+            if flag in out:
+                raise ValueError(f"{option_flag(flag)} applies to --pretrained imagenet")
+    if "truncate" in out:
+        if "init" not in out and "pretrained" not in out:
+            raise ValueError("--truncate removes later layers of a trained model: give --init or --pretrained")
+        unit = "residual stages" if arch in RESNET_PRESETS else "blocks"
+        if not 1 <= out["truncate"] <= depth:
+            raise ValueError(f"--truncate {out['truncate']} is outside 1-{depth}, the {unit} of --arch {arch}")
+    return out
+
+
 def model_config(given):
     """The model section of a run's config from the options given (None: not given): the preset's sizes and the
     defaults filled in, only the options that apply to the architecture kept; ValueError for one that does not."""
     arch = given["arch"]
     if arch not in ARCHS:
         raise ValueError(f"unknown architecture '{arch}'; choose from {', '.join(ARCHS)}")
-    given = {k: v for k, v in given.items() if v is not None and v is not False and k != "arch"}
+    transfer = {k: given.get(k) for k in TRANSFER_KEYS}
+    given = {k: v for k, v in given.items()
+             if v is not None and v is not False and k != "arch" and k not in TRANSFER_KEYS}
     if arch in RESNET_PRESETS:
         vit_only = [k for k in given if k != "stages" and (k, given[k]) != ("attention", "full")]
         if vit_only:
             value = given[vit_only[0]]
             flag = option_flag(vit_only[0]) + ("" if value is True else f" {value}")
             raise ValueError(f"{flag} applies to ViTs, not to --arch {arch}")
-        return dict(arch=arch, stages=given.get("stages", RESNET_PRESETS[arch]["stages"]))
+        stages = given.get("stages", RESNET_PRESETS[arch]["stages"])
+        return dict(arch=arch, stages=stages, **transfer_config(arch, stages, transfer))
     if "stages" in given:
         raise ValueError(f"--stages applies to ResNets, not to --arch {arch}")
     for name in ("depth", "dim", "heads", "patch_size"):
@@ -187,23 +241,116 @@ def model_config(given):
     chosen = {k: v for k, v in given.items() if k in ATTENTION_OPTIONS}
     # Heads that do not divide the width give no head width: Attention refuses them when the model is built.
     head_dim = model["dim"] // model["heads"] if model["dim"] % model["heads"] == 0 else None
-    return model | attention_options(model["attention"], chosen, head_dim)
+    model |= attention_options(model["attention"], chosen, head_dim)
+    return model | transfer_config(arch, model["depth"], transfer)
 
 
 def build_model(arch, num_classes, image_size=32, backend="sdpa", **options):
     """Any model by name, with the options of its model section (ResNets: stages; ViTs: sizes, pool, spt, dropout,
-    drop_path, attention and the attention options; the rest from the preset and VIT_DEFAULTS)."""
+    drop_path, attention and the attention options; the rest from the preset and VIT_DEFAULTS). truncate K keeps
+    the first K blocks or stages; the starting weights are not loaded here (transfer_state)."""
+    truncate = options.get("truncate")
     if arch in RESNET_PRESETS:
         return resnet(RESNET_PRESETS[arch]["base"], num_classes, image_size,
-                      options.get("stages") or RESNET_PRESETS[arch]["stages"])
+                      truncate or options.get("stages") or RESNET_PRESETS[arch]["stages"],
+                      imagenet_stem=options.get("pretrained") == "imagenet")
     if arch not in VIT_PRESETS:
         raise ValueError(f"unknown architecture '{arch}'; choose from {', '.join(ARCHS)}")
     vit = dict(VIT_PRESETS[arch], **VIT_DEFAULTS)
-    vit.update({k: v for k, v in options.items() if k not in ATTENTION_OPTIONS})
+    vit.update({k: v for k, v in options.items() if k not in ATTENTION_OPTIONS and k not in TRANSFER_KEYS})
+    vit["depth"] = truncate or vit["depth"]
     attention = {k: v for k, v in options.items() if k in ATTENTION_OPTIONS}
     return ViT(num_classes, image_size, attention_options=dict(attention, backend=backend), **vit)
 
 
+# ----------------------------------------------------------------------------- starting from trained weights
+
+def torchvision_vit_state(state):
+    """torchvision VisionTransformer's state dict under our ViT's names (q, k, v in one matrix in both; the MLP's
+    layers as 0 and 3, or linear_1 and linear_2 in torchvision's older files); ValueError for a key with no
+    counterpart."""
+    renames = [(r"conv_proj\.", "patch_embed."), (r"class_token$", "cls_token"),
+               (r"encoder\.pos_embedding$", "pos_embed"), (r"encoder\.layers\.encoder_layer_(\d+)\.", r"blocks.\1."),
+               (r"\.ln_1\.", ".norm1."), (r"\.ln_2\.", ".norm2."), (r"self_attention\.in_proj_", "attn.qkv."),
+               (r"self_attention\.out_proj\.", "attn.proj."), (r"mlp\.linear_1\.", "mlp.0."),
+               (r"mlp\.linear_2\.", "mlp.3."), (r"encoder\.ln\.", "norm."), (r"heads\.head\.", "head.")]
+    out = {}
+    for key, value in state.items():
+        new = key
+        for pattern, repl in renames:
+            new = re.sub(pattern, repl, new)
+        if new == key:
+            raise ValueError(f"torchvision ViT weight {key} has no counterpart in our ViT")
+        out[new] = value
+    return out
+
+
+def resize_pos_embed(pos, num_prefix_tokens, grid):
+    """Position embeddings (1, prefix + g*g, D) resized to a (h, w) patch grid: bicubic on the 2-D grid (antialiased
+    when shrinking), the prefix (cls) embeddings kept; the same tensor when the grid does not change."""
+    prefix, patches = pos[:, :num_prefix_tokens], pos[:, num_prefix_tokens:]
+    side = math.isqrt(patches.shape[1])
+    if side * side != patches.shape[1]:
+        raise ValueError(f"position embeddings of {patches.shape[1]} patches are not a square grid")
+    if (side, side) == tuple(grid):
+        return pos
+    patches = patches.reshape(1, side, side, -1).permute(0, 3, 1, 2).float()
+    patches = F.interpolate(patches, size=tuple(grid), mode="bicubic", align_corners=False,
+                            antialias=grid[0] * grid[1] < side * side)
+    return torch.cat([prefix, patches.permute(0, 2, 3, 1).reshape(1, grid[0] * grid[1], -1).to(pos.dtype)], 1)
+
+
+def is_attention_own(key):
+    """A tensor only some attention kinds have (Linformer projections, Nystrom conv, LSA temperature, hybrid gate,
+    Performer features): created fresh, or left behind, when a pretrained backbone's attention is swapped."""
+    return re.match(r"blocks\.\d+\.attn\.(?!qkv\.|proj\.)", key) is not None
+
+
+def transfer_state(model, source, fresh_head=False):
+    """Load a source state dict (same family, our names) into `model` where it maps, strictly: a new head when the
+    class count differs (or fresh_head), position embeddings resized to the model's grid, later blocks or stages
+    than the model keeps removed, the attention kind's own tensors created or left behind. Returns what was done
+    (new_head, resized, removed blocks or stages, created and left_behind tensors);
+    ValueError naming the tensor that cannot be mapped."""
+    target = model.state_dict()
+    removed_layer = re.compile(r"(blocks\.(\d+)|layer(\d))\.")
+    kept_layers = len(model.blocks) if isinstance(model, ViT) else sum(
+        not isinstance(getattr(model, f"layer{i}"), nn.Identity) for i in range(1, 5))
+    report = dict(new_head=False, resized=None, removed=[], created=[], left_behind=[])
+    for key in source:
+        if key in target:
+            continue
+        m = removed_layer.match(key)
+        if m and int(m.group(2) or int(m.group(3)) - 1) >= kept_layers:
+            report["removed"].append(m.group(1))  # a later block or stage than the model keeps
+        elif is_attention_own(key):
+            report["left_behind"].append(key)
+        else:
+            raise ValueError(f"the source's {key} has no place in this model (another architecture?)")
+    merged = {}
+    for key, value in target.items():
+        if key.startswith(("head.", "fc.")) and (fresh_head or key not in source or source[key].shape != value.shape):
+            merged[key], report["new_head"] = value, True
+        elif key not in source:
+            if not is_attention_own(key):
+                raise ValueError(f"the source has no {key}: it has fewer blocks or stages than this model, or is "
+                                 "another architecture")
+            merged[key] = value
+            report["created"].append(key)
+        elif key == "pos_embed" and source[key].shape != value.shape and source[key].shape[2] == value.shape[2]:
+            merged[key] = resize_pos_embed(source[key], model.num_prefix_tokens, model.blocks[0].attn.grid)
+            old, new = source[key].shape[1] - model.num_prefix_tokens, value.shape[1] - model.num_prefix_tokens
+            report["resized"] = f"{math.isqrt(old)}x{math.isqrt(old)} -> {math.isqrt(new)}x{math.isqrt(new)}"
+        elif source[key].shape != value.shape:
+            raise ValueError(f"cannot map {key}: the source has shape {tuple(source[key].shape)}, this model "
+                             f"{tuple(value.shape)}")
+        else:
+            merged[key] = source[key]
+    model.load_state_dict(merged, strict=True)
+    report["removed"] = sorted(set(report["removed"]), key=lambda k: int(re.sub(r"\D", "", k)))
+    return report
+
+
 def count_params(model):
-    """Number of trainable parameters."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+    """Number of parameters (a frozen backbone's included)."""
+    return sum(p.numel() for p in model.parameters())

@@ -18,16 +18,20 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from attention import ATTENTION_OPTIONS, ATTENTIONS, option_flag, shown_options
-from data import (CORRUPTIONS, DATA_DEFAULTS, DATASETS, REGIME_OPTIONS, REGIMES, SPARSE_FRACTION, SYNTHETIC_OPTIONS,
-                  TRAIN_CORRUPTION_OPTIONS, augment, class_list_text, data_config, epoch_plan, normalize,
-                  rank_batches)
+from data import (CORRUPTIONS, DATA_DEFAULTS, DATASETS, REGIME_OPTIONS, REGIMES, RESIZE_MODES, SPARSE_FRACTION,
+                  SYNTHETIC_OPTIONS, TRAIN_CORRUPTION_OPTIONS, augment, class_list_text, data_config, epoch_plan,
+                  normalize, rank_batches)
 from evaluate import (SECTIONS, Parser, attention_backend, autocast, build_run_data, build_run_model, device_name,
                       evaluate_split, fail, final_metrics, git_commit, load_checkpoint, make_device, read_config,
-                      save_checkpoint, versions, write_json, write_jsonl)
-from model import ARCHS, RESNET_PRESETS, VIT_DEFAULTS, count_params, model_config
+                      save_checkpoint, start_accuracy, start_weights, versions, write_json, write_jsonl)
+from model import ARCHS, DEFAULT_WEIGHTS, RESNET_PRESETS, VIT_DEFAULTS, count_params, model_config
 
 # Each optimiser's defaults; ResNets train with sgd and ViTs with adamw unless --opt says otherwise.
 OPTIMIZERS = {"adamw": dict(lr=1e-3, weight_decay=0.05), "sgd": dict(lr=0.1, weight_decay=5e-4, momentum=0.9)}
+# Fine-tuning (--init or --pretrained) defaults, after AugReg's transfer recipe: SGD with momentum for both
+# families, a small lr, no weight decay, a short warm-up (at most 1 epoch); --opt adamw gets a small lr too.
+FINETUNE = {"adamw": dict(lr=1e-4, weight_decay=0.0), "sgd": dict(lr=0.01, weight_decay=0.0, momentum=0.9)}
+FINETUNE_WARMUP_EPOCHS = 1.0
 
 
 # ----------------------------------------------------------------------------- the command line and the config
@@ -53,6 +57,14 @@ def get_parser():
     a("--drop-path", type=float, help="ViT: stochastic depth, rising linearly from 0 at the first block to this rate "
                                       f"at the last (default {VIT_DEFAULTS['drop_path']})")
     a("--stages", type=int, choices=[1, 2, 3, 4], help="ResNet: residual stages kept")
+    a = group("model", "starting weights (default: random; fine-tuning defaults then apply, see --lr)")
+    a("--init", metavar="RUN_DIR", help="start from a finished run of this lab (or a checkpoint file): a new head "
+                                        "if the class count differs, position embeddings resized to the grid")
+    a("--pretrained", choices=["imagenet"], help="torchvision's ImageNet weights (ResNets; vit-b16, vit-b32, vit-l16)")
+    a("--weights", help=f"--pretrained: torchvision's weights name (default {DEFAULT_WEIGHTS})")
+    a("--weights-file", metavar="PATH", help="--pretrained: load this local file instead of the torch hub cache")
+    a("--truncate", type=int, metavar="K", help="keep the first K blocks (ViT) or residual stages (ResNet) of the "
+                                                "starting model, with a fresh head")
     a = group("model", "ViT attention (each option only with the kinds named; defaults in attention.py)")
     a("--attention", choices=ATTENTIONS, metavar="KIND", help=f"{', '.join(ATTENTIONS)} (default full)")
     for name, o in ATTENTION_OPTIONS.items():
@@ -68,6 +80,8 @@ def get_parser():
       help="cap every class's training pool at this many images before the regime (a seeded prefix; quick sweeps)")
     a("--test-per-class", type=int, help="evaluate on a fixed balanced test subset of this many images per class")
     a("--classes", help="keep only these classes of the dataset, relabelled 0..k-1 in order: 0-4, 5-9, 0,2,4")
+    a("--img-size", type=int, metavar="N", help="resize every batch to N x N on the device (training and evaluation)")
+    a("--resize", choices=RESIZE_MODES, help="--img-size: interpolation (default bilinear; antialiased when shrinking)")
     a("--synthetic-per-class", type=int, help="synthetic: training images per class, a fifth as many test images "
                                               f"(default {SYNTHETIC_OPTIONS['synthetic_per_class']})")
     a("--synthetic-size", type=int,
@@ -90,10 +104,17 @@ def get_parser():
     a("--batch-size", type=int, default=128, help="global batch size (split across processes)")
     a("--opt", choices=list(OPTIMIZERS), help="default: adamw for ViT, sgd for ResNet")
     per_opt = lambda key: ", ".join(f"{o} {d[key]:g}" for o, d in OPTIMIZERS.items())
-    a("--lr", type=float, help=f"peak learning rate (default: {per_opt('lr')})")
-    a("--weight-decay", type=float, help=f"default: {per_opt('weight_decay')}")
+    per_finetune = lambda key: ", ".join(f"{o} {d[key]:g}" for o, d in FINETUNE.items())
+    a("--lr", type=float, help=f"peak learning rate (default: {per_opt('lr')}; fine-tuning {per_finetune('lr')})")
+    a("--weight-decay", type=float, help=f"default: {per_opt('weight_decay')}; fine-tuning "
+                                         f"{per_finetune('weight_decay')}")
+    a("--freeze", choices=["backbone"], help="linear probe: only the head trains (the backbone stays as loaded, "
+                                             "in eval mode: BatchNorm statistics, dropout, drop-path)")
+    a("--layer-decay", type=float, metavar="D", help="ViT: block i (of depth) trains at lr * D^(depth - i), the "
+                                                     "embeddings at D^(depth + 1), norm and head at lr")
     a("--momentum", type=float, help=f"sgd: Nesterov momentum (default {OPTIMIZERS['sgd']['momentum']})")
-    a("--warmup-epochs", type=float, help="linear warm-up (default: min(5, epochs / 10))")
+    a("--warmup-epochs", type=float, help="linear warm-up (default: min(5, epochs / 10); fine-tuning "
+                                          f"min({FINETUNE_WARMUP_EPOCHS:g}, epochs / 10))")
     a("--label-smoothing", type=float, default=0.1)
     a("--grad-clip", type=float, default=1.0, help="max gradient norm, 0 disables")
     a("--time-budget", type=float, help="seconds of training steps: the schedule follows the share of the budget "
@@ -124,7 +145,7 @@ def resolve_config(args, sections, world=1):
     given = {s: {k: getattr(args, k) for k in keys} for s, keys in sections.items()}
     model = model_config(given["model"])
     data = data_config(given["data"])
-    optim = optim_config(given["optim"], model["arch"], world)
+    optim = optim_config(given["optim"], model["arch"], world, finetune="init" in model or "pretrained" in model)
     run = dict(given["run"])
     try:
         run["thresholds"] = sorted(float(t) for t in run["thresholds"].split(","))
@@ -136,15 +157,22 @@ def resolve_config(args, sections, world=1):
     return dict(model=model, data=data, optim=optim, run=run)
 
 
-def optim_config(given, arch, world):
-    """The optim section: the optimiser's defaults under the flags given, amp for --no-amp; ValueError if bad."""
+def optim_config(given, arch, world, finetune=False):
+    """The optim section: the optimiser's defaults (fine-tuning's when finetune) under the flags given, amp for
+    --no-amp; ValueError if bad."""
     given = {k: v for k, v in given.items() if v is not None}
-    opt = given.pop("opt", "sgd" if arch in RESNET_PRESETS else "adamw")
+    opt = given.pop("opt", "sgd" if arch in RESNET_PRESETS or finetune else "adamw")
     if "momentum" in given and opt != "sgd":
         raise ValueError(f"--momentum only applies to --opt sgd (got --opt {opt})")
-    optim = dict(epochs=given.pop("epochs"), batch_size=given.pop("batch_size"), opt=opt, **OPTIMIZERS[opt])
+    defaults = (FINETUNE if finetune else OPTIMIZERS)[opt]
+    optim = dict(epochs=given.pop("epochs"), batch_size=given.pop("batch_size"), opt=opt, **defaults)
     optim |= {k: v for k, v in given.items() if k != "no_amp"}
-    optim.setdefault("warmup_epochs", min(5.0, optim["epochs"] / 10))
+    optim.setdefault("warmup_epochs", min(FINETUNE_WARMUP_EPOCHS if finetune else 5.0, optim["epochs"] / 10))
+    if "layer_decay" in optim:
+        if arch in RESNET_PRESETS:
+            raise ValueError(f"--layer-decay applies to ViTs, not to --arch {arch}")
+        if not 0 < optim["layer_decay"] <= 1:
+            raise ValueError(f"--layer-decay {optim['layer_decay']} is outside (0, 1]")
     optim["amp"] = not given["no_amp"]
     if optim["epochs"] < 1 or optim["batch_size"] < 1:
         raise ValueError(f"--epochs ({optim['epochs']}) and --batch-size ({optim['batch_size']}) must be at least 1")
@@ -182,10 +210,26 @@ def attention_tag(model):
     return tag + ("-spt" if model.get("spt") else "")
 
 
+def start_tag(model, data, optim):
+    """The starting point and what of it trains, in a run name: -from-<source run>, -in1k[-<weights>], -k<K>,
+    -probe, -ld<D>, -<N>px."""
+    tag = ""
+    if "init" in model:
+        source = os.path.normpath(model["init"])
+        tag += "-from-" + os.path.basename(source if os.path.isdir(source) else os.path.dirname(source) or source)
+    if "pretrained" in model:
+        tag += "-in1k" + ("" if model["weights"] == DEFAULT_WEIGHTS else "-" + model["weights"].lower())
+    tag += f"-k{model['truncate']}" if "truncate" in model else ""
+    tag += "-probe" if optim.get("freeze") == "backbone" else ""
+    tag += f"-ld{optim['layer_decay']:g}" if "layer_decay" in optim else ""
+    return tag + (f"-{data['img_size']}px" if "img_size" in data else "")
+
+
 def default_out(model, data, optim, seed):
-    """runs/<arch>[<attention>][-t<budget>s]-<regime>[<its parameter>]-<dataset>[-c<classes>]-s<seed>: distinct
-    across a sweep."""
-    arch = model["arch"] + attention_tag(model) + (f"-t{optim['time_budget']:g}s" if "time_budget" in optim else "")
+    """runs/<arch>[<attention>][<start>][-t<budget>s]-<regime>[<its parameter>]-<dataset>[-c<classes>]-s<seed>:
+    distinct across a sweep."""
+    arch = model["arch"] + attention_tag(model) + start_tag(model, data, optim)
+    arch += f"-t{optim['time_budget']:g}s" if "time_budget" in optim else ""
     regime = data["regime"]
     if regime == "sparse":
         regime += f"-n{data['per_class']}" if "per_class" in data else f"-f{data['fraction']:g}"
@@ -237,15 +281,47 @@ def lr_at(progress, warmup, peak):
     return peak * 0.5 * (1 + math.cos(math.pi * min(1.0, (progress - warmup) / max(1e-12, 1 - warmup))))
 
 
+def layer_lr_scale(name, depth, decay):
+    """--layer-decay (BEiT, MAE): a ViT parameter's lr factor, decay^(depth + 1 - layer), with layer 0 the
+    embeddings, i + 1 block i, depth + 1 the final norm and head."""
+    if name.startswith(("patch_embed.", "cls_token", "pos_embed")):
+        layer = 0
+    elif name.startswith("blocks."):
+        layer = int(name.split(".")[1]) + 1
+    else:
+        layer = depth + 1
+    return decay ** (depth + 1 - layer)
+
+
 def make_optimizer(model, optim):
-    """AdamW or Nesterov SGD; biases, norms, cls token and position embedding get no weight decay."""
-    decay, no_decay = [], []
+    """AdamW or Nesterov SGD over the parameters that train (not a frozen backbone's); biases, norms, cls token and
+    position embedding get no weight decay; each group's lr_scale (--layer-decay, else 1) multiplies the lr."""
+    groups = {(1.0, True): [], (1.0, False): []}  # (lr scale, weight decay): decaying first
     for name, p in model.named_parameters():
-        (no_decay if p.ndim <= 1 or "pos_embed" in name or "cls_token" in name else decay).append(p)
-    groups = [dict(params=decay, weight_decay=optim["weight_decay"]), dict(params=no_decay, weight_decay=0.0)]
+        if not p.requires_grad:
+            continue
+        scale = layer_lr_scale(name, len(model.blocks), optim["layer_decay"]) if "layer_decay" in optim else 1.0
+        decay = not (p.ndim <= 1 or "pos_embed" in name or "cls_token" in name)
+        groups.setdefault((scale, decay), []).append(p)
+    groups = [dict(params=params, weight_decay=optim["weight_decay"] if decay else 0.0, lr_scale=scale)
+              for (scale, decay), params in sorted(groups.items(), key=lambda g: (not g[0][1], -g[0][0])) if params
+              or scale == 1.0]
     if optim["opt"] == "sgd":
         return torch.optim.SGD(groups, lr=optim["lr"], momentum=optim["momentum"], nesterov=optim["momentum"] > 0)
     return torch.optim.AdamW(groups, lr=optim["lr"])
+
+
+def head_of(model):
+    """The classification head: a ViT's head, a ResNet's fc."""
+    return model.head if hasattr(model, "head") else model.fc
+
+
+def freeze_backbone(model):
+    """--freeze backbone: every parameter but the head's stops training (and so is never changed)."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for p in head_of(model).parameters():
+        p.requires_grad_(True)
 
 
 def make_loss(cfg):
@@ -269,7 +345,10 @@ def train_one_epoch(model, optimizer, loss_fn, train, epoch, clock, cfg, rank, w
     total_steps = optim["epochs"] * len(train["batches"])
     # Dropout and drop-path draw from the global generator: seeded per epoch (and rank), an epoch is resumable.
     torch.manual_seed(run["seed"] * 1000003 + epoch * 101 + rank)
-    model.train()
+    frozen = optim.get("freeze") == "backbone"
+    model.train(not frozen)
+    if frozen:  # a linear probe: the backbone computes as evaluated (BatchNorm statistics, no dropout), the head trains
+        head_of(getattr(model, "module", model)).train()
     t0 = time.time()
     totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, count: read once per epoch
     # The epoch's order and crop/flip draws, made on the CPU from (seed, epoch), reach the device in one copy.
@@ -283,10 +362,10 @@ def train_one_epoch(model, optimizer, loss_fn, train, epoch, clock, cfg, rank, w
         done = step_seconds / budget if budget else (epoch * len(train["batches"]) + i + 1) / total_steps
         lr = lr_at(done, optim["warmup_epochs"] / optim["epochs"], optim["lr"])
         for group in optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)  # lr_scale: --layer-decay (checkpoints before it: none)
         # The batch: gathered by index from the uint8 set on the device, cropped, flipped, standardised there.
         idx = perm[part]
-        images = normalize(augment(x[idx], shifts[part], flips[part]), mean, std)
+        images = normalize(augment(x[idx], shifts[part], flips[part]), mean, std, train["size"], train["resize"])
         targets = y[idx]
         with autocast(device, optim["amp"]):  # bf16 matmuls on CUDA; the loss is taken in float32
             outputs = model(images)
@@ -326,7 +405,8 @@ def run_epochs(model, ddp_model, optimizer, data, start, history, clock, cfg, de
     out = cfg["run"]["out"]
     x_train, n_train = data["x_train"].to(device), len(data["x_train"])
     show_bar = rank == 0 and {"on": True, "off": False, "auto": sys.stderr.isatty()}[cfg["run"]["progress"]]
-    train = dict(x=x_train, y=data["y_train"].to(device), show_bar=show_bar,
+    train = dict(x=x_train, y=data["y_train"].to(device), show_bar=show_bar, size=data["input_size"],
+                 resize=data["resize"],
                  mean=torch.tensor(data["mean"], device=device), std=torch.tensor(data["std"], device=device),
                  batches=rank_batches(n_train - n_train % world, cfg["optim"]["batch_size"], rank, world))
     loss_fn = make_loss(cfg)
@@ -361,13 +441,28 @@ def run_epochs(model, ddp_model, optimizer, data, start, history, clock, cfg, de
 def record(cfg, data, model, backend, device, world):
     """What this launch found, written beside the config: data counts, parameters, device, versions, commit."""
     is_vit = cfg["model"]["arch"] not in RESNET_PRESETS
-    return dict(params=count_params(model), image_size=data["x_train"].shape[-1], num_classes=data["num_classes"],
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return dict(params=count_params(model), trainable_params=trainable, image_size=data["x_train"].shape[-1],
+                input_size=data["input_size"], num_classes=data["num_classes"],
                 class_names=data["class_names"], counts_per_class=data["counts"],
                 sizes={k: sum(v) for k, v in data["counts"].items()},
                 normalization=dict(mean=data["mean"], std=data["std"]), world_size=world, device=device_name(device),
                 attention_backend_used=backend if is_vit else None,
                 amp_active=cfg["optim"]["amp"] and device.type == "cuda", versions=versions(),
                 git_commit=git_commit(), command=" ".join(sys.argv))
+
+
+def start_line(cfg, started):
+    """The log line of a run's starting weights: where from, what changed, the accuracy before training."""
+    m, before = cfg["model"], started["before"]
+    what = ["new head" if started["new_head"] else "head kept"]
+    what += [f"position embeddings {started['resized']}"] if started["resized"] else []
+    what += [f"removed {', '.join(started['removed'])}"] if started["removed"] else []
+    if m.get("attention", "full") != (started["attention_from"] or m.get("attention", "full")):
+        what += [f"attention {started['attention_from']} -> {m['attention']} ({len(started['created'])} new tensors)"]
+    val = f"val_acc {before['val_acc']:.4f} " if before["val_acc"] is not None else ""
+    return (f"started from {started['source']}: {'; '.join(what)}; before training {val}"
+            f"test_acc {before['test_acc']:.4f}")
 
 
 def main(argv=None):
@@ -387,6 +482,16 @@ def main(argv=None):
         data = build_run_data(cfg)
         if len(data["x_train"]) < world:
             raise ValueError(f"the training set has {len(data['x_train'])} images, fewer than the {world} processes")
+        started = None  # what the starting weights were, when there are some (a resume's are in its checkpoint)
+        if cfg["run"]["resume"]:  # the normalisation the run was started with (a source's, for a transfer)
+            norm = read_config(cfg["run"]["out"])["recorded"]["normalization"]
+            data["mean"], data["std"] = norm["mean"], norm["std"]
+        elif "init" in cfg["model"] or "pretrained" in cfg["model"]:
+            started, norm = start_weights(cfg, model, download=not cfg["run"]["no_download"])
+            if norm is not None:  # the features were learned on inputs standardised this way
+                data["mean"], data["std"] = [float(v) for v in norm[0]], [float(v) for v in norm[1]]
+        if cfg["optim"].get("freeze") == "backbone":
+            freeze_backbone(model)
         optimizer = make_optimizer(model, cfg["optim"])
         start, history = 0, []
         out = cfg["run"]["out"]
@@ -400,6 +505,10 @@ def main(argv=None):
         fail(e, "train.py")
 
     recorded = record(cfg, data, model, backend, device, world)
+    if started is not None and rank == 0:  # the accuracy of the starting weights, before any training step
+        started["before"] = start_accuracy(model, data, device, cfg["optim"]["amp"])
+        recorded["init"] = started
+        print(start_line(cfg, started), flush=True)
     if world > 1:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
         if device.type == "cuda":

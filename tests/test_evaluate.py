@@ -27,7 +27,7 @@ def test_predict_is_one_loop_for_validation_and_test_against_plain_cross_entropy
     logits, loss_sum = evaluate.predict(model, images, labels, mean, std, torch.device("cpu"), batch_size=3)
     assert torch.allclose(logits, expect, atol=1e-6) and loss_sum.dtype == torch.float64
     assert loss_sum.item() == pytest.approx(F.cross_entropy(expect, labels, reduction="sum").item(), rel=1e-6)
-    data = dict(mean=mean, std=std)
+    data = dict(mean=mean, std=std, input_size=8, resize="bilinear")
     loss, acc = evaluate.evaluate_split(model, images, labels, data, torch.device("cpu"), False)
     assert loss == pytest.approx(loss_sum.item() / 7) and acc == (expect.argmax(1) == labels).double().mean().item()
     # A process's share is every world-th image: rank 1 of 2 takes images 1, 3, 5 (the sum over processes skipped).

@@ -1,9 +1,13 @@
-"""Model sizes against published counts; ResNet stages; every preset classifies. (Attention: test_attention.py.)"""
+"""Model sizes against published counts; ResNet stages; every preset classifies; transfer of weights (torchvision's
+ViT mapping, position embeddings, truncation, attention swap). (Attention: test_attention.py.)"""
+import math
+
 import pytest
 import torch
 import torchvision
 
-from model import ARCHS, ViT, build_model, count_params, model_config
+from model import (ARCHS, TORCHVISION_VITS, ViT, build_model, count_params, model_config, resize_pos_embed,
+                   torchvision_vit_state, transfer_state)
 
 
 def test_vit_ti16_matches_published_parameter_count():
@@ -27,7 +31,7 @@ def test_shallow_resnet_drops_stages():
     assert build_model("resnet18", 10, stages=1)(torch.randn(2, 3, 32, 32)).shape == (2, 10)
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", [a for a in ARCHS if a not in TORCHVISION_VITS])  # those: tested against torchvision
 def test_every_arch_builds_and_classifies(arch):
     model = build_model(arch, 7, image_size=32).eval()
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 7)
@@ -55,3 +59,138 @@ def test_model_config_fills_the_preset_and_keeps_only_what_applies():
     model = build_model(**model_config(dict(arch="vit", depth=1, dim=32, heads=4, attention="dilated", dilation=3)),
                         num_classes=10, image_size=16)
     assert len(model.blocks) == 1 and model.blocks[0].attn.windows == [(1, "square", 3)]
+
+
+# ----------------------------------------------------------------------------- starting from trained weights
+
+def random_torchvision_vit(depth, heads, dim, image_size=224, patch_size=16, classes=10, seed=0):
+    """torchvision's VisionTransformer with every tensor random (its own init zeroes the head and biases)."""
+    torch.manual_seed(seed)
+    tv = torchvision.models.VisionTransformer(image_size, patch_size, depth, heads, dim, 4 * dim, num_classes=classes)
+    for p in tv.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    return tv.eval()
+
+
+def test_our_vit_b16_with_torchvision_weights_gives_torchvision_logits():
+    tv = random_torchvision_vit(depth=2, heads=12, dim=768)
+    ours = build_model("vit-b16", 10, image_size=224, depth=2).eval()
+    report = transfer_state(ours, torchvision_vit_state(tv.state_dict()))
+    assert report == dict(new_head=False, resized=None, removed=[], created=[], left_behind=[])
+    assert ours.norm.eps == 1e-6 == tv.encoder.ln.eps
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        assert (ours(x) - tv(x)).abs().max() <= 1e-5
+    # torchvision's older files name the MLP's layers linear_1 and linear_2: the same weights.
+    old = {k.replace("mlp.0.", "mlp.linear_1.").replace("mlp.3.", "mlp.linear_2."): v
+           for k, v in tv.state_dict().items()}
+    assert torchvision_vit_state(old).keys() == torchvision_vit_state(tv.state_dict()).keys()
+    with pytest.raises(ValueError, match="heads.pre_logits.weight has no counterpart"):
+        torchvision_vit_state({"heads.pre_logits.weight": torch.zeros(1)})
+
+
+def test_imagenet_resnet_weights_load_strictly_with_their_stem():
+    torch.manual_seed(0)
+    reference = torchvision.models.resnet18(num_classes=1000).eval()
+    ours = build_model("resnet18", 1000, image_size=32, pretrained="imagenet").eval()
+    assert transfer_state(ours, reference.state_dict())["new_head"] is False
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():  # at 32 px too the pretrained 7x7 stem and max-pool are kept
+        assert torch.equal(ours(x), reference(x))
+    ten = build_model("resnet18", 10, image_size=32, pretrained="imagenet")
+    report = transfer_state(ten, reference.state_dict())
+    assert report["new_head"] and ten.fc.out_features == 10
+    assert all(torch.equal(v, reference.state_dict()[k]) for k, v in ten.state_dict().items() if not k.startswith("fc"))
+
+
+def bicubic_1d(n_in, n_out, a=-0.75):
+    """Keys' cubic convolution weights (n_out, n_in), half-pixel centres, border pixels repeated."""
+    def kernel(t):
+        t = abs(t)
+        return (a + 2) * t ** 3 - (a + 3) * t ** 2 + 1 if t <= 1 else a * t ** 3 - 5 * a * t ** 2 + 8 * a * t - 4 * a
+    w = torch.zeros(n_out, n_in, dtype=torch.float64)
+    for i in range(n_out):
+        src = (i + 0.5) * n_in / n_out - 0.5
+        base = math.floor(src)
+        for j in range(base - 1, base + 3):
+            w[i, min(max(j, 0), n_in - 1)] += kernel(src - j)
+    return w
+
+
+def test_position_embeddings_resize_bicubically_and_keep_the_cls_embedding():
+    torch.manual_seed(0)
+    pos = torch.randn(1, 1 + 3 * 3, 4)
+    assert resize_pos_embed(pos, 1, (3, 3)) is pos  # the same grid: the same tensor
+    out = resize_pos_embed(pos, 1, (5, 5))
+    assert torch.equal(out[:, 0], pos[:, 0]) and out.shape == (1, 26, 4)
+    w = bicubic_1d(3, 5)
+    grid = pos[0, 1:].double().reshape(3, 3, 4)
+    expect = torch.einsum("ai,bj,ijc->abc", w, w, grid).reshape(25, 4)
+    assert torch.allclose(out[0, 1:].double(), expect, atol=1e-5)
+
+
+def tiny_vit(**kw):
+    """A small ViT of 4 blocks, 16 px, for the transfer tests."""
+    return build_model(**model_config(dict(arch="vit", depth=4, dim=32, heads=4, **kw)), num_classes=kw.pop("c", 10),
+                       image_size=16)
+
+
+def test_truncation_keeps_the_first_blocks_and_stages_with_a_fresh_head():
+    torch.manual_seed(0)
+    source = tiny_vit()
+    torch.manual_seed(1)
+    cut = build_model(**model_config(dict(arch="vit", depth=4, dim=32, heads=4, init="src", truncate=2)),
+                      num_classes=10, image_size=16)
+    head_before = cut.head.weight.clone()
+    report = transfer_state(cut, source.state_dict(), fresh_head=True)
+    assert len(cut.blocks) == 2 and report["removed"] == ["blocks.2", "blocks.3"] and report["new_head"]
+    assert count_params(cut) == count_params(source) - 2 * count_params(source.blocks[0])
+    assert all(torch.equal(v, source.state_dict()[k]) for k, v in cut.state_dict().items() if not k.startswith("head"))
+    assert torch.equal(cut.head.weight, head_before)  # fresh: not the source's head, which sat after 4 blocks
+    full = build_model("resnet18", 10, pretrained="imagenet")
+    two = build_model("resnet18", 10, pretrained="imagenet", truncate=2)
+    report = transfer_state(two, full.state_dict(), fresh_head=True)
+    assert report["removed"] == ["layer3", "layer4"] and two.fc.in_features == 128
+    kept = sum(count_params(m) for m in (full.conv1, full.bn1, full.layer1, full.layer2))
+    assert count_params(two) == kept + 128 * 10 + 10
+
+
+def test_swapped_attention_reuses_qkv_and_projection_and_creates_only_its_own():
+    torch.manual_seed(0)
+    source = tiny_vit()
+    swapped = tiny_vit(attention="linformer", linformer_k=8, linformer_share="kv")
+    report = transfer_state(swapped, source.state_dict())
+    # kv: one matrix for keys and values, under both names
+    assert report["created"] == [f"blocks.{i}.attn.proj_{kv}" for i in range(4) for kv in "kv"]
+    for i in range(4):
+        assert torch.equal(swapped.blocks[i].attn.qkv.weight, source.blocks[i].attn.qkv.weight)
+        assert torch.equal(swapped.blocks[i].attn.proj.bias, source.blocks[i].attn.proj.bias)
+    back = tiny_vit(attention="lsa")  # and away again: the Linformer matrices are left behind
+    report = transfer_state(back, swapped.state_dict())
+    assert report["left_behind"] == [f"blocks.{i}.attn.proj_{kv}" for i in range(4) for kv in "kv"]
+    assert report["created"] == [f"blocks.{i}.attn.temperature" for i in range(4)]
+
+
+def test_unmappable_weights_are_refused_naming_the_tensor():
+    source = tiny_vit().state_dict()
+    wider = r"cannot map cls_token: .*\(1, 1, 32\), this model \(1, 1, 64\)"
+    for model, message in ((build_model("vit", 10, 16, depth=4, dim=64, heads=4), wider),
+                           (build_model("vit", 10, 16, depth=5, dim=32, heads=4), "the source has no blocks.4"),
+                           (build_model("resnet18", 10), "the source's cls_token has no place in this model")):
+        with pytest.raises(ValueError, match=message):
+            transfer_state(model, source)
+
+
+def test_transfer_options_are_checked_against_the_architecture():
+    vit = model_config(dict(arch="vit-b16", pretrained="imagenet"))
+    assert vit["weights"] == "IMAGENET1K_V1" and vit["patch_size"] == 16 and vit["norm_eps"] == 1e-6
+    for given, message in ((dict(arch="vit", depth=4, init="r", truncate=5), "--truncate 5 is outside 1-4"),
+                           (dict(arch="resnet18", pretrained="imagenet", truncate=0), "--truncate 0 is outside 1-4"),
+                           (dict(arch="vit", truncate=2), "--truncate removes later layers .* give --init"),
+                           (dict(arch="vit-b16", pretrained="imagenet", weights="V9"),
+                            "--weights V9 is not one of vit_b_16's: IMAGENET1K_V1, IMAGENET1K_SWAG_E2E_V1"),
+                           (dict(arch="vit", pretrained="imagenet"), "ImageNet weights .* for vit-b16, vit-b32"),
+                           (dict(arch="vit", init="r", pretrained="imagenet"), "give one"),
+                           (dict(arch="vit", weights="IMAGENET1K_V1"), "--weights applies to --pretrained")):
+        with pytest.raises(ValueError, match=message):
+            model_config(given)

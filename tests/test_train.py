@@ -7,11 +7,12 @@ import sys
 
 import pytest
 import torch
+import torchvision
 
 from attention import ATTENTIONS
 from data import DATASETS, REGIMES, SHAPES
 from helpers import ROOT, TINY_DATA, TINY_RESNET, TINY_VIT, read_run, run_train, write_cifar_folder
-from model import ARCHS
+from model import ARCHS, build_model
 
 
 @pytest.mark.slow
@@ -412,3 +413,136 @@ def test_every_attention_variant_learns_synthetic(tmp_path, variant):
         assert (state["blocks.0.attn.temperature"] - 0.25).abs().max() > 1e-3
     if model["attention"] == "performer":  # the features in use are in the checkpoint
         assert state["blocks.0.attn.features"].shape == (model["performer_features"], 16)
+
+
+# ----------------------------------------------------------------------------- transfer: starting from trained weights
+
+VIT_SOURCE = [*TINY_VIT, *TINY_DATA, "--synthetic-per-class", "100"]  # the flags of the session's vit_run
+
+
+def checkpoint_model(run_dir):
+    """The model state dict of a run folder's checkpoint."""
+    return torch.load(os.path.join(run_dir, "checkpoint.pt"), weights_only=False)["model"]
+
+
+@pytest.mark.slow
+def test_init_starts_from_exactly_the_source_runs_weights(vit_run, tmp_path, capsys):
+    src, (src_cfg, src_rows, src_final) = vit_run
+    cfg, rows, final = run_train(tmp_path / "same", *VIT_SOURCE, "--epochs", "1", "--init", str(src))
+    before = cfg["recorded"]["init"]["before"]
+    # The same data and the source's weights: the first evaluation is the source run's last one.
+    assert before["test_acc"] == src_final["test_acc"] and before["val_acc"] == src_rows[-1]["val_acc"]
+    assert cfg["recorded"]["init"]["new_head"] is False and cfg["recorded"]["init"]["source_model"] == src_cfg["model"]
+    assert cfg["recorded"]["normalization"] == src_cfg["recorded"]["normalization"]
+    # Fine-tuning defaults: SGD with momentum, no weight decay (TINY_VIT's --lr and TINY_DATA's warm-up given).
+    assert {k: cfg["optim"][k] for k in ("opt", "lr", "weight_decay", "momentum", "warmup_epochs")} == dict(
+        opt="sgd", lr=2e-3, weight_decay=0.0, momentum=0.9, warmup_epochs=1.0)
+    import train
+    given = dict(epochs=30, batch_size=128, no_amp=False)
+    assert {k: v for k, v in train.optim_config(given, "vit", 1, finetune=True).items() if k != "amp"} == dict(
+        epochs=30, batch_size=128, opt="sgd", lr=0.01, weight_decay=0.0, momentum=0.9, warmup_epochs=1.0)
+    assert os.path.basename(cfg["run"]["out"]) == "same"
+    # Other classes: a new head (said in the log), chance before training.
+    cfg, _, _ = run_train(tmp_path / "other", *VIT_SOURCE, "--epochs", "1", "--init", str(src), "--classes", "5-9")
+    assert cfg["recorded"]["init"]["new_head"] and "started from" in capsys.readouterr().out
+    assert checkpoint_model(tmp_path / "other")["head.weight"].shape == (5, 64)
+
+
+@pytest.mark.slow
+def test_frozen_backbone_is_bitwise_unchanged_and_the_head_trains(tmp_path):
+    run_train(tmp_path / "src", *TINY_RESNET, *TINY_DATA, "--epochs", "1")
+    cfg, _, _ = run_train(tmp_path / "probe", *TINY_RESNET, *TINY_DATA, "--epochs", "2", "--init",
+                          str(tmp_path / "src"), "--freeze", "backbone", "--lr", "0.1")
+    before, after = checkpoint_model(tmp_path / "src"), checkpoint_model(tmp_path / "probe")
+    backbone = [k for k in before if not k.startswith("fc.")]
+    assert any("running_mean" in k for k in backbone)  # BatchNorm statistics are frozen too
+    assert all(torch.equal(before[k], after[k]) for k in backbone)
+    assert not torch.equal(before["fc.weight"], after["fc.weight"])
+    assert cfg["recorded"]["trainable_params"] == 64 * 10 + 10 < cfg["recorded"]["params"]
+
+
+def test_layer_decay_lrs_against_a_hand_computation():
+    import train
+    model = build_model("vit", 10, image_size=16, depth=2, dim=32, heads=4)
+    optimizer = train.make_optimizer(model, dict(opt="adamw", lr=1e-3, weight_decay=0.05, layer_decay=0.5))
+    scale_of = {id(p): g["lr_scale"] for g in optimizer.param_groups for p in g["params"]}
+    hand = lambda name: 0.125 if name.startswith(("patch_embed", "cls_token", "pos_embed")) else (
+        0.25 if name.startswith("blocks.0.") else 0.5 if name.startswith("blocks.1.") else 1.0)
+    assert {n: scale_of[id(p)] for n, p in model.named_parameters()} == {n: hand(n) for n, _ in
+                                                                         model.named_parameters()}
+    no_decay = {id(p) for g in optimizer.param_groups if g["weight_decay"] == 0 for p in g["params"]}
+    assert id(model.pos_embed) in no_decay and id(model.blocks[0].attn.qkv.weight) not in no_decay
+
+
+@pytest.mark.slow
+def test_layer_decay_sets_each_groups_lr_in_the_training_loop(vit_run, tmp_path):
+    src, _ = vit_run
+    _, rows, _ = run_train(tmp_path / "ld", *VIT_SOURCE, "--epochs", "1", "--init", str(src), "--layer-decay", "0.5")
+    groups = torch.load(tmp_path / "ld" / "checkpoint.pt", weights_only=False)["optimizer"]["param_groups"]
+    assert sorted({g["lr_scale"] for g in groups}) == [0.125, 0.25, 0.5, 1.0]
+    assert all(g["lr"] == pytest.approx(rows[-1]["lr"] * g["lr_scale"]) for g in groups)
+
+
+@pytest.mark.slow
+def test_img_size_resizes_every_batch_for_training_and_evaluation(tmp_path):
+    import evaluate
+    cfg, _, final = run_train(tmp_path / "r", *TINY_VIT, *TINY_DATA, "--epochs", "1", "--img-size", "24",
+                              "--resize", "bicubic")
+    assert cfg["data"]["img_size"] == 24 and cfg["recorded"]["input_size"] == 24
+    model = evaluate.build_run_model(cfg)
+    model.load_state_dict(checkpoint_model(tmp_path / "r"))
+    assert model.pos_embed.shape[1] == 1 + 6 * 6  # built for 24 px: the 16 px images are resized to it
+    data = evaluate.build_run_data(cfg)
+    x = data["x_test"].float() / 255
+    mean, std = (torch.tensor(data[k]).view(1, 3, 1, 1) for k in ("mean", "std"))
+    x = torch.nn.functional.interpolate((x - mean) / std, size=(24, 24), mode="bicubic", align_corners=False)
+    with torch.no_grad():
+        acc = (model.eval()(x).argmax(1) == data["y_test"]).double().mean().item()
+    assert acc == pytest.approx(final["test_acc"])
+
+
+def test_pretrained_weights_from_a_local_file_keep_the_imagenet_stem_and_normalisation(tmp_path):
+    torch.manual_seed(0)
+    reference = torchvision.models.resnet18()
+    torch.save(reference.state_dict(), tmp_path / "r18.pth")
+    cfg, _, _ = run_train(tmp_path / "r", "--arch", "resnet18", *TINY_DATA, "--epochs", "1", "--pretrained",
+                          "imagenet", "--weights-file", str(tmp_path / "r18.pth"), "--freeze", "backbone",
+                          "--max-per-class", "8")
+    state = checkpoint_model(tmp_path / "r")
+    assert state["conv1.weight"].shape == (64, 3, 7, 7) and torch.equal(state["conv1.weight"],
+                                                                        reference.conv1.weight)
+    assert cfg["recorded"]["normalization"] == dict(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])
+    assert cfg["recorded"]["init"]["new_head"] and cfg["model"]["weights"] == "IMAGENET1K_V1"
+
+
+def test_offline_pretrained_without_a_cached_file_exits_2_naming_it(tmp_path, exits_2, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "home"))
+    err = exits_2(["--arch", "resnet18", "--pretrained", "imagenet", "--no-download", *TINY_DATA,
+                   "--out", str(tmp_path / "x")])
+    assert f"resnet18-f37072fd.pth is not in the torch hub cache; put it in {tmp_path}/home/hub/checkpoints" in err
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--truncate", "3"], "--truncate 3 is outside 1-2, the blocks of --arch vit"),
+    (["--dim", "32"], "cannot map cls_token: the source has shape (1, 1, 64), this model (1, 1, 32)"),
+    (["--depth", "3"], "the source has no blocks.2.norm1.weight"),
+    (["--arch", "resnet18"], "a vit run cannot start --arch resnet18"),
+    (["--layer-decay", "0"], "--layer-decay 0.0 is outside (0, 1]"),
+    (["--resize", "bicubic"], "--resize applies to --img-size"),
+])
+def test_bad_transfer_input_exits_2_with_one_line(vit_run, tmp_path, exits_2, extra, message):
+    src, _ = vit_run
+    base = VIT_SOURCE if "resnet18" not in extra else TINY_DATA
+    err = exits_2([*base, "--epochs", "1", "--init", str(src), *extra, "--out", str(tmp_path / "x")])
+    assert message in err
+    assert not (tmp_path / "x").exists()
+
+
+def test_init_needs_a_finished_run_and_weights_need_pretrained(tmp_path, exits_2):
+    assert "is not a finished run folder (no final.json)" in exits_2(
+        [*VIT_SOURCE, "--init", str(tmp_path), "--out", str(tmp_path / "x")])
+    assert "--weights-file applies to --pretrained imagenet" in exits_2(
+        [*VIT_SOURCE, "--weights-file", "f.pth", "--out", str(tmp_path / "x")])
+    assert "--layer-decay applies to ViTs, not to --arch resnet18" in exits_2(
+        [*TINY_RESNET, *TINY_DATA, "--layer-decay", "0.7", "--out", str(tmp_path / "x")])
