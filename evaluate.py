@@ -231,13 +231,17 @@ def start_weights(cfg, model, download=True):
                       attention_from=(source["model"].get("attention") if source else None))
         norm = source and source["recorded"]["normalization"]
         norm = norm and (norm["mean"], norm["std"])
+        # Other classes (CIFAR-10 0-4 -> 5-9) get a new head even when their count is the same.
+        same_classes = source is None or all(source["data"].get(k) == cfg["data"].get(k)
+                                             for k in ("dataset", "classes"))
     else:
         state, entry = imagenet_state(m["arch"], m["weights"], m.get("weights_file"), download)
         record = dict(source=m.get("weights_file") or entry.url, weights=f"{type(entry).__name__}.{m['weights']}",
                       attention_from="full" if isinstance(model, ViT) else None)
         norm = (entry.transforms().mean, entry.transforms().std)  # the normalisation the weights were trained with
+        same_classes = False  # ImageNet's 1000 are no dataset's of this lab
     try:
-        record |= transfer_state(model, state, fresh_head="truncate" in m)
+        record |= transfer_state(model, state, fresh_head="truncate" in m or not same_classes)
     except ValueError as e:
         raise ValueError(f"{'--init ' + m['init'] if 'init' in m else '--pretrained imagenet'}: {e}")
     return record, norm

@@ -6,7 +6,9 @@
 set -uo pipefail
 set -f  # no file-name globbing: every word here is meant literally
 
-EXPERIMENTS="regimes data-efficiency shallow locality attention attention-cost matched-params matched-time"
+EXPERIMENTS="regimes data-efficiency shallow locality attention attention-cost matched-params matched-time transfer
+truncation attention-swap"
+EXPERIMENTS=${EXPERIMENTS//$'\n'/ }
 profile=full seeds="" gpus=0 dry_run=0 only="" runs="" data_dir=data time_budget=""
 python=${PYTHON:-python3}
 
@@ -79,7 +81,10 @@ if [ "$profile" = full ]; then
     bench=()  # bench-attention's defaults: the vit preset's width, 65 to 4097 tokens
     corruptions=""  # all of them
     time_budget=${time_budget:-1200}
-    declare -A size=([vit]="" [vit-shallow]="" [vit-11m]="" [resnet18]="" [resnet18-shallow]="")
+    finetune=(--epochs 50)  # fine-tuning is short: AugReg fine-tunes CIFAR for about 100 epochs of 50,000 images
+    imagenet_size=224  # the resolution torchvision's ImageNet weights were trained at
+    truncate_vit="1 2 3 4 5" truncate_resnet="1 2 3"  # and all of them: the untruncated fine-tune
+    declare -A size=([vit]="" [vit-shallow]="" [vit-11m]="" [resnet18]="" [resnet18-shallow]="" [vit-b16]="")
 else
     if [ -d "$data_dir/cifar-10-batches-py" ]; then
         dataset=cifar10
@@ -98,6 +103,9 @@ else
     bench=(--depth 1 --dim 64 --heads 4 --batch-size 1 --grids 8,16,32 --scopes layer --warmup 1 --repeats 3)
     corruptions="gaussian_noise,defocus_blur"
     time_budget=${time_budget:-20}
+    finetune=(--epochs 3)
+    imagenet_size=64  # a 224 px ViT-B/16 step takes seconds on 2 cores
+    truncate_vit="1" truncate_resnet="1"
     # Tiny models; vit-11m keeps its role, a ViT with the quick ResNet-18's parameter count (618k vs 677k).
     declare -A size=([vit]="--depth 2 --dim 64 --heads 4" [vit-shallow]="--depth 1 --dim 64 --heads 4"
                      [vit-11m]="--depth 2 --dim 192 --heads 4 --mlp-ratio 2" [resnet18]="--stages 2"
@@ -113,7 +121,7 @@ launcher=("$python")
 # ---------------------------------------------------------------- running one job
 finished=0 done_before=0 failed=()
 declare -A seen  # a cell shared by several experiments (the standard runs) is run and printed once
-job() {  # job NAME ARCH [train.py flags...]: one run per seed, in RUNS/NAME-s<seed>
+job() {  # job NAME ARCH [train.py flags...]: one run per seed, in RUNS/NAME-s<seed> (@SEED@ in a flag: the seed)
     local name=$1 arch=$2; shift 2
     local seed
     for seed in ${seeds//,/ }; do
@@ -123,7 +131,7 @@ job() {  # job NAME ARCH [train.py flags...]: one run per seed, in RUNS/NAME-s<s
         local run_with=("${launcher[@]}")
         [[ " $* " == *" --time-budget "* ]] && run_with=("$python")
         # shellcheck disable=SC2206  # the size flags are meant to split into words
-        local cmd=("${run_with[@]}" train.py --arch "$arch" ${size[$arch]} "${common[@]}" "$@"
+        local cmd=("${run_with[@]}" train.py --arch "$arch" ${size[$arch]:-} "${common[@]}" "${@//@SEED@/$seed}"
                    --seed "$seed" --out "$out")
         if [ -f "$out/final.json" ]; then
             done_before=$((done_before + 1))
@@ -234,6 +242,93 @@ if wants matched-time; then  # 7b. equal wall-clock training time, not equal epo
         --epochs 1000 --warmup-epochs 50
 fi
 # 8. convergence (epochs and seconds to each accuracy threshold) is in every run's final.json.
+
+# ---------------------------------------------------------------- transfer (9-11)
+# The offline transfer experiment: pretrain on CIFAR-10 classes 0-4 (all their images), fine-tune on classes 5-9.
+# The same seed pairs a fine-tuned run with its own pretraining (@SEED@).
+pretrain=(--dataset "$dataset" --classes 0-4)
+target=(--dataset "$dataset" --classes 5-9)
+own() { echo "--init $runs/$1-standard-$dataset-c0-4-s@SEED@"; }  # own ARCH: the flag starting from its pretraining
+imagenet_file() {  # imagenet_file ARCH: the torch hub cache file of its ImageNet weights (where train.py looks)
+    "$python" -c "import os, sys, torch, torchvision
+w = torchvision.models.get_model_weights(sys.argv[1])['IMAGENET1K_V1']
+print(os.path.join(torch.hub.get_dir(), 'checkpoints', os.path.basename(w.url)))" "$1"
+}
+declare -A imagenet=()  # arch -> flags for its ImageNet weights, when the file is in the cache
+if wants transfer || wants truncation; then
+    for pair in resnet18:resnet18 vit-b16:vit_b_16; do
+        file=$(imagenet_file "${pair#*:}")
+        if [ -f "$file" ]; then
+            imagenet[${pair%%:*}]="--pretrained imagenet --img-size $imagenet_size"
+        else
+            echo "transfer: ImageNet ${pair%%:*} runs skipped, no weights file $file"
+        fi
+    done
+fi
+if wants transfer || wants truncation; then
+    both "standard-$dataset-c0-4" "${pretrain[@]}"
+elif wants attention-swap; then
+    job "vit-standard-$dataset-c0-4" vit "${pretrain[@]}"
+fi
+if wants transfer; then  # 9. scratch vs own pretraining vs ImageNet, at every data fraction and long-tailed
+    cells=("standard:" "imbalanced-r100-exp:--regime imbalanced --imbalance-ratio 100")
+    for f in $fractions; do cells+=("sparse-f$f:--regime sparse --fraction $f"); done
+    if [ "$have_cifar100" = 1 ]; then
+        both "many-classes-cifar100" --regime many-classes  # the CIFAR-100 pretraining, also a regimes run
+    fi
+    for c in "${cells[@]}"; do
+        # shellcheck disable=SC2206  # the cell's flags are meant to split into words
+        cflags=(${c#*:}) cell="${c%%:*}-$dataset-c5-9"
+        both "$cell" "${target[@]}" "${cflags[@]}"
+        for arch in vit resnet18; do
+            # shellcheck disable=SC2046  # own's flags are meant to split into words
+            job "$arch-from-c0-4-$cell" "$arch" "${target[@]}" "${cflags[@]}" $(own "$arch") "${finetune[@]}"
+            [ "$have_cifar100" = 1 ] && job "$arch-from-cifar100-$cell" "$arch" "${target[@]}" "${cflags[@]}" \
+                --init "$runs/$arch-many-classes-cifar100-s@SEED@" "${finetune[@]}"
+        done
+        for arch in "${!imagenet[@]}"; do
+            # shellcheck disable=SC2086  # the ImageNet flags are meant to split into words
+            job "$arch-in1k-$cell" "$arch" "${target[@]}" "${cflags[@]}" ${imagenet[$arch]} "${finetune[@]}"
+        done
+    done
+fi
+if wants truncation; then  # 10. later layers removed before fine-tuning: a probe and a full fine-tune per K
+    cell="sparse-f0.1-$dataset-c5-9" cflags=(--regime sparse --fraction 0.1)
+    truncated() {  # truncated ARCH START_NAME "START_FLAGS" "KS": every K, and all layers (K = the depth)
+        local arch=$1 start=$2 sflags=$3 ks=$4 mode k
+        for mode in finetune probe; do
+            local probe=() tag=""
+            [ "$mode" = probe ] && probe=(--freeze backbone) tag=-probe
+            # shellcheck disable=SC2086  # the start flags are meant to split into words
+            job "$arch-$start$tag-$cell" "$arch" "${target[@]}" "${cflags[@]}" $sflags "${probe[@]}" "${finetune[@]}"
+            for k in $ks; do
+                # shellcheck disable=SC2086
+                job "$arch-$start-k$k$tag-$cell" "$arch" "${target[@]}" "${cflags[@]}" $sflags --truncate "$k" \
+                    "${probe[@]}" "${finetune[@]}"
+            done
+        done
+    }
+    truncated vit from-c0-4 "$(own vit)" "$truncate_vit"
+    truncated resnet18 from-c0-4 "$(own resnet18)" "$truncate_resnet"
+    [ -n "${imagenet[resnet18]:-}" ] && truncated resnet18 in1k "${imagenet[resnet18]}" "1 2 3"
+    [ -n "${imagenet[vit-b16]:-}" ] && truncated vit-b16 in1k "${imagenet[vit-b16]}" "2 4 6 8 10"
+fi
+if wants attention-swap; then  # 11. each attention variant swapped into the pretrained ViT, then fine-tuned
+    cell=(--regime sparse --fraction 0.1)
+    swaps=("local1:--attention local --radius 1" "dilated1d2:--attention dilated --radius 1 --dilation 2"
+           "hybrid1d1-2-4:--attention hybrid --radius 1 --dilations 1,2,4"
+           "linformer16:--attention linformer --linformer-k 16" "performer:--attention performer"
+           "nystrom16:--attention nystrom --landmarks 16" "lsa:--attention lsa")
+    # shellcheck disable=SC2046  # own's flags are meant to split into words
+    job "vit-from-c0-4-sparse-f0.1-$dataset-c5-9" vit "${target[@]}" "${cell[@]}" $(own vit) "${finetune[@]}"
+    for v in "${swaps[@]}"; do
+        # shellcheck disable=SC2206  # the variant's flags are meant to split into words
+        vflags=(${v#*:})
+        # shellcheck disable=SC2046
+        job "vit-from-c0-4-swap-${v%%:*}-sparse-f0.1-$dataset-c5-9" vit "${target[@]}" "${cell[@]}" $(own vit) \
+            "${vflags[@]}" "${finetune[@]}"
+    done
+fi
 
 # ---------------------------------------------------------------- summary
 [ "$dry_run" = 1 ] && exit 0

@@ -10,10 +10,11 @@ import analyze
 from helpers import ROOT
 
 
-def run_all(*args, python="python3"):
-    """bash run_all.sh ARGS with PYTHON=python (the commands printed by a dry run start with it)."""
+def run_all(*args, python="python3", torch_home="/nonexistent-torch-home"):
+    """bash run_all.sh ARGS with PYTHON=python (the commands printed by a dry run start with it) and TORCH_HOME
+    (default: one without ImageNet weights)."""
     return subprocess.run(["bash", os.path.join(ROOT, "run_all.sh"), *args], capture_output=True, text=True, cwd=ROOT,
-                          env=dict(os.environ, PYTHON=python))
+                          env=dict(os.environ, PYTHON=python, TORCH_HOME=str(torch_home)))
 
 
 def test_full_dry_run_prints_the_whole_grid_once(tmp_path):
@@ -21,11 +22,13 @@ def test_full_dry_run_prints_the_whole_grid_once(tmp_path):
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     cmds = [line for line in lines if " train.py " in line]
-    # 73 cells x 3 seeds, shared cells once: regimes 10, data efficiency 12, shallow 4, locality 4 cells x 6,
-    # attention 6 + 6 + 8 (local1 and dilated1d2 shared with locality), vit-11m 1, matched time 2
-    assert len(cmds) == len(set(cmds)) == 219
+    # 148 cells x 3 seeds, shared cells once: regimes 10, data efficiency 12, shallow 4, locality 4 cells x 6,
+    # attention 6 + 6 + 8 (local1 and dilated1d2 shared with locality), vit-11m 1, matched time 2; transfer 2
+    # pretrainings + 8 cells x (scratch, own, CIFAR-100) x 2 families; truncation 2 x (6 + 4) - 2 shared with
+    # transfer; attention swap 7
+    assert len(cmds) == len(set(cmds)) == 444
     r = str(tmp_path)
-    assert f"python3 evaluate.py bench-attention --out {r}/bench/bench-attention.json" in lines and len(lines) == 220
+    assert f"python3 evaluate.py bench-attention --out {r}/bench/bench-attention.json" in lines and len(lines) == 447
     start = "python3 train.py --arch"
     for expected in (
             f"vit --epochs 200 --data-dir data --regime many-classes --attention lsa --spt --seed 2 "
@@ -40,12 +43,13 @@ def test_full_dry_run_prints_the_whole_grid_once(tmp_path):
             f"vit --epochs 200 --data-dir data --dataset cifar10 --attention local --radius 3 --seed 0 "
             f"--out {r}/vit-local3-standard-cifar10-s0"):
         assert f"{start} {expected}" in cmds
-    assert sum("--imbalance-ratio 100 " in c for c in cmds) == 6 and sum("--regime corrupted" in c for c in cmds) == 6
+    assert sum("--imbalance-ratio 100 " in c and "--classes" not in c for c in cmds) == 6
+    assert sum("--regime corrupted" in c for c in cmds) == 6
     timed = [c for c in cmds if "--time-budget 1200" in c]
     assert len(timed) == 6 and all("--epochs 1000 --warmup-epochs 50" in c for c in timed)
     gpu_lines = run_all("--dry-run", "--runs", r, "--gpus", "2", "--seeds", "5").stdout.splitlines()
     gpus = [c for c in gpu_lines if "train.py" in c]
-    assert len(gpus) == 73 and all(c.endswith("-s5") for c in gpus)
+    assert len(gpus) == 148 and all(c.endswith("-s5") for c in gpus)
     torchrun = "torchrun --standalone --nproc_per_node=2 train.py"
     assert all(c.startswith(torchrun) for c in gpus if "--time-budget" not in c)
     assert all(c.startswith("python3 train.py") for c in gpus if "--time-budget" in c)
@@ -57,17 +61,45 @@ def test_quick_dry_run_shrinks_the_grid_and_says_which_data(tmp_path):
     assert lines[0] == f"quick profile: no CIFAR-10 at {tmp_path}/none/cifar-10-batches-py, using the synthetic dataset"
     assert f"regimes: many-classes skipped, no CIFAR-100 at {tmp_path}/none/cifar-100-python" in lines
     cmds = [line for line in lines if "train.py" in line]
-    # regimes 8 (no many-classes) + sparse 4x2 + shallow 4 + locality 2x3 + attention 2x6 + vit-11m 1 + time 2 = 41
+    # regimes 8 (no many-classes) + sparse 4x2 + shallow 4 + locality 2x3 + attention 2x6 + vit-11m 1 + time 2 = 41;
+    # transfer 2 pretrainings + 6 cells x 4 (no CIFAR-100), truncation 2 x (2 + 2) - 2 shared, attention swap 7
     assert "attention: CIFAR-100 cells skipped, no CIFAR-100 at " + f"{tmp_path}/none/cifar-100-python" in lines
     bench = "python3 evaluate.py bench-attention --depth 1 --dim 64 --heads 4 "
     assert sum(line.startswith(bench) for line in lines) == 1
-    assert len(cmds) == 41
+    assert len(cmds) == 41 + 26 + 6 + 7
     assert all("--dataset synthetic" in c and "--max-per-class 50" in c and c.endswith("-s0") for c in cmds)
     assert any(c.startswith("python3 train.py --arch resnet18 --stages 2 --epochs 3") for c in cmds)
     assert any("--arch vit-shallow --depth 1 --dim 64 --heads 4" in c for c in cmds)
     (tmp_path / "data" / "cifar-10-batches-py").mkdir(parents=True)
     cifar = run_all("--dry-run", "--profile", "quick", "--runs", str(tmp_path), "--data-dir", str(tmp_path / "data"))
     assert cifar.stdout.splitlines()[0] == f"quick profile: CIFAR-10 from {tmp_path}/data/cifar-10-batches-py"
+
+
+def test_transfer_grid_pairs_each_fine_tune_with_its_pretraining_and_skips_absent_weights(tmp_path):
+    r = str(tmp_path / "runs")
+    proc = run_all("--dry-run", "--only", "transfer,truncation,attention-swap", "--runs", r,
+                   torch_home=tmp_path / "home")
+    lines = proc.stdout.splitlines()
+    cache = f"{tmp_path}/home/hub/checkpoints"
+    assert f"transfer: ImageNet resnet18 runs skipped, no weights file {cache}/resnet18-f37072fd.pth" in lines
+    assert f"transfer: ImageNet vit-b16 runs skipped, no weights file {cache}/vit_b_16-c867db91.pth" in lines
+    cmds = [line for line in lines if " train.py " in line]
+    assert len(cmds) == len(set(cmds)) == 3 * (2 + 48 + 2 + 18 + 7)
+    target = "--dataset cifar10 --classes 5-9 --regime sparse --fraction 0.1"
+    assert (f"python3 train.py --arch resnet18 --epochs 200 --data-dir data {target} --init "
+            f"{r}/resnet18-standard-cifar10-c0-4-s2 --truncate 2 --freeze backbone --epochs 50 --seed 2 "
+            f"--out {r}/resnet18-from-c0-4-k2-probe-sparse-f0.1-cifar10-c5-9-s2") in cmds
+    assert (f"python3 train.py --arch vit --epochs 200 --data-dir data {target} --init "
+            f"{r}/vit-standard-cifar10-c0-4-s1 --attention linformer --linformer-k 16 --epochs 50 --seed 1 "
+            f"--out {r}/vit-from-c0-4-swap-linformer16-sparse-f0.1-cifar10-c5-9-s1") in cmds
+    assert sum(f"--init {r}/vit-many-classes-cifar100-s0 " in c for c in cmds) == 8
+    # With the ResNet-18 weights in the cache, its ImageNet runs join: 8 transfer cells, 2 x 4 truncations (the
+    # untruncated fine-tune at 10% is also a transfer cell).
+    os.makedirs(cache)
+    open(f"{cache}/resnet18-f37072fd.pth", "w").close()
+    cmds = [c for c in run_all("--dry-run", "--only", "transfer,truncation", "--runs", r, "--seeds", "0",
+                               torch_home=tmp_path / "home").stdout.splitlines() if "--pretrained imagenet" in c]
+    assert len(cmds) == 15 and all("--arch resnet18 " in c and "--img-size 224" in c for c in cmds)
 
 
 def test_finished_runs_are_skipped_and_interrupted_ones_resumed(tmp_path):
