@@ -6,8 +6,9 @@
 Reads only run folders (config.json, metrics.jsonl, final.json) anywhere under the given folders. Unfinished
 runs (no final.json) are skipped and counted. Runs whose configs differ only by seed form one group;
 every number is that group's mean +- standard deviation over seeds (n = number of seeds). This file holds the
-command line, the report and the data-regime sections; analyze_attention.py the attention sections and
-analyze_groups.py the grouping, statistics and plot pieces they share.
+command line, the report and the data-regime sections; analyze_attention.py the attention sections,
+analyze_transfer.py the transfer sections (pretraining, truncation, attention swap) and analyze_groups.py the
+grouping, statistics and plot pieces they share.
 """
 import argparse
 import json
@@ -20,9 +21,10 @@ import matplotlib.ticker
 
 from analyze_attention import (section_attention_distance, section_attention_scaling, section_attention_variants,
                                section_locality, find_benches)
+from analyze_transfer import section_attention_swap, section_transfer, section_truncation
 from analyze_groups import (ACC_COLUMNS, BASE_ARCHS, COLORS, accuracy_line, base, compare, crossings, curves,
-                            family_color, findings, fmt, load_groups, metric, pairs, pareto_front, plot_bars, save,
-                            setting, stats, table)
+                            family_color, findings, fmt, from_scratch_all_classes, load_groups, metric, pairs,
+                            pareto_front, plot_bars, save, setting, stats, table)
 from evaluate import Parser, fail, write_atomic
 
 
@@ -196,7 +198,8 @@ def section_cost(groups, out):
     legend = [plt.Line2D([], [], color=c, marker="o", ls="", label=f"{a} variants") for a, c in COLORS.items()]
     legend.append(plt.Line2D([], [], color="k", ls="--", label="Pareto front"))
     for ax, (key, label) in zip(axes, axis_names):
-        standard = [g for g in groups if g["cfg"]["regime"] == "standard"]
+        # Fine-tunes and class subsets are other tasks (another head, ImageNet's compute): not on one front.
+        standard = [g for g in groups if g["cfg"]["regime"] == "standard" and from_scratch_all_classes(g)]
         pts = [(metric(g, key)[0], 100 * metric(g, "test_acc")[0], g) for g in standard]
         for x, y, g in pts:
             ax.scatter(x, y, color=family_color(g["cfg"]["arch"]), s=18)
@@ -234,6 +237,8 @@ def section_convergence(groups, out):
             cfg = g["cfg"]
             if cfg["arch"] not in BASE_ARCHS or cfg["regime"] != "standard" or cfg.get("attention", "full") != "full":
                 continue
+            if not from_scratch_all_classes(g):  # a fine-tune starts high: its epochs to a threshold are another race
+                continue
             pts = [(100 * t, reached(g, field, t)) for t in thresholds]
             pts = [(t, m, s) for t, (m, s, _) in pts if m is not None]
             if pts:
@@ -255,7 +260,8 @@ SECTIONS = [("Regimes", section_regimes), ("Data efficiency", section_data_effic
             ("Shallow networks", section_shallow), ("Attention locality", section_locality),
             ("Attention variants", section_attention_variants), ("Attention cost scaling", section_attention_scaling),
             ("Attention distance", section_attention_distance), ("Imbalanced data", section_imbalanced),
-            ("Corruptions", section_corruption), ("Matched budgets", section_matched), ("Cost", section_cost),
+            ("Corruptions", section_corruption), ("Matched budgets", section_matched), ("Transfer", section_transfer),
+            ("Truncation", section_truncation), ("Attention swap", section_attention_swap), ("Cost", section_cost),
             ("Convergence", section_convergence)]
 
 

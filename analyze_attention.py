@@ -10,15 +10,16 @@ import matplotlib.pyplot as plt
 import matplotlib.ticker
 
 from analyze_groups import (ACC_COLUMNS, BASE_ARCHS, COLORS, accuracy_errorbar, accuracy_line, compare, curves,
-                            family_color, findings, fmt, metric, pareto_front, plot_model_bars, save, setting, slug,
-                            stats, table)
+                            family_color, findings, fmt, from_scratch_all_classes, metric, pareto_front,
+                            plot_model_bars, save, setting, slug, stats, table)
 
 
 def windowed(g):
-    """A ViT with a local or dilated window (no SPT, no time budget): the runs of the locality experiment."""
+    """A ViT with a local or dilated window (no SPT, no time budget), from scratch on every class: the runs of the
+    locality experiment (a window swapped into a pretrained ViT is the attention-swap section's)."""
     cfg = g["cfg"]
     return (cfg["arch"] == "vit" and cfg.get("attention") in ("local", "dilated") and not cfg.get("spt")
-            and not cfg.get("time_budget"))
+            and not cfg.get("time_budget") and from_scratch_all_classes(g))
 
 
 def section_locality(groups, out):
@@ -82,10 +83,10 @@ def locality_fractions(groups, out):
 
 
 def is_variant(g):
-    """A ViT with an attention other than full, or with SPT (no time budget)."""
+    """A ViT with an attention other than full, or with SPT (no time budget), from scratch on every class."""
     cfg = g["cfg"]
     other = (cfg.get("attention") or "full") != "full" or bool(cfg.get("spt"))
-    return cfg["arch"] == "vit" and not cfg.get("time_budget") and other
+    return cfg["arch"] == "vit" and not cfg.get("time_budget") and other and from_scratch_all_classes(g)
 
 
 VARIANT_COLUMNS = [("test acc %", ACC_COLUMNS[0][1]), ("params", ACC_COLUMNS[4][1]),

@@ -8,6 +8,7 @@ share their model, data and optim sections: they differ only in their run sectio
 import json
 import math
 import os
+import re
 
 import matplotlib
 
@@ -16,6 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from attention import ATTENTION_OPTIONS, attention_options, shown_options  # noqa: E402
 from data import class_list_text  # noqa: E402
+from model import DEFAULT_WEIGHTS  # noqa: E402
 
 GROUPED = ("model", "data", "optim")  # what was trained: runs that differ only in their run section are seeds
 # A config.json written before sections was flat; these are its keys, by the section each belongs to now.
@@ -101,13 +103,48 @@ def load_runs(roots):
 
 
 def trained(sections):
-    """What was trained: the model, data and optim sections, None and False values counting as absent."""
-    return {s: {k: v for k, v in sections[s].items() if v is not None and v is not False} for s in GROUPED}
+    """What was trained: the model, data and optim sections, None and False values counting as absent, a
+    fine-tuned model's init as the seed-free start_point."""
+    out = {s: {k: v for k, v in sections[s].items() if v is not None and v is not False} for s in GROUPED}
+    if "init" in out["model"]:
+        out["model"]["init"] = start_point(sections)
+    return out
+
+
+def start_point(sections):
+    """A fine-tuned run's source without its seed: what the source trained (its model and data sections, as
+    recorded.init holds them), or where that is not recorded, the source folder's name without -s<seed>."""
+    # init is the source's path, and each seed fine-tunes the source of its own seed (run_all.sh's @SEED@), so
+    # the path would split the seeds of one setting. What the source trained is what makes two fine-tunes alike:
+    # its sections hold no seed and, unlike a folder name, every setting (a --out name may say nothing of them).
+    init = sections.get("recorded", {}).get("init") or {}
+    if init.get("source_model") is None:  # a checkpoint file without its run's config.json
+        return seed_free(sections["model"]["init"])
+    model = {k: v for k, v in init["source_model"].items() if v is not None and v is not False}
+    if "init" in model:  # the source was fine-tuned too; its own source is known only by name
+        model["init"] = seed_free(model["init"])
+    data = {k: v for k, v in (init.get("source_data") or {}).items() if v is not None and v is not False}
+    return dict(model=model, data=data)
+
+
+def seed_free(path):
+    """A run folder's name (a checkpoint file's folder's) with a trailing -s<digits> removed."""
+    parts = os.path.normpath(path).split(os.sep)
+    name = parts[-2] if parts[-1].endswith((".pt", ".pth")) and len(parts) > 1 else parts[-1]
+    return re.sub(r"-s\d+$", "", name)
 
 
 def group_dict(sections):
-    """What was trained as one dict, for labels (a key's name is unique across the sections train.py writes)."""
-    return {k: v for section in trained(sections).values() for k, v in section.items()}
+    """What was trained as one dict, for labels (a key's name is unique across the sections train.py writes); a
+    source's settings as init.<key>, so that fine-tunes of different sources name what differs."""
+    out = {}
+    for section in trained(sections).values():
+        for k, v in section.items():
+            if k == "init" and isinstance(v, dict):
+                out |= {f"init.{sk}": sv for sk, sv in {**v["model"], **v["data"]}.items()}
+            else:
+                out[k] = v
+    return out
 
 
 def group_key(sections):
@@ -165,11 +202,42 @@ def differing(dicts, absent_differs=False):
 
 
 def model_label(cfg):
-    """What was trained: architecture, attention, and budget where they differ from the default."""
-    label = cfg["arch"] + attention_label(cfg)
+    """What was trained: architecture, attention, starting point and budget where they differ from the default."""
+    label = cfg["arch"] + attention_label(cfg) + start_label(cfg)
     if cfg.get("time_budget"):
         label += f" {cfg['time_budget']:g}s"
     return label
+
+
+def start_label(cfg):
+    """The starting point part of a model label: '' from scratch, else e.g. ' from vit standard cifar10 c0-4',
+    ' imagenet', then ' k=3' (truncated), ' ld=0.75' (layer decay), ' +probe' (frozen backbone)."""
+    text = ""
+    init = cfg.get("init")  # flat_view: recorded.init (a dict) where recorded, else the model section's path
+    if isinstance(init, dict) and init.get("source_model"):
+        source = [model_label(init["source_model"]), data_label(init.get("source_data") or {})]
+        text += " from " + " ".join(t for t in source if t)
+    elif isinstance(init, dict):
+        text += f" from {seed_free(init['source'])}"
+    elif init:
+        text += f" from {seed_free(init)}"
+    if cfg.get("pretrained"):
+        weights = cfg.get("weights") or DEFAULT_WEIGHTS
+        text += f" {cfg['pretrained']}" + ("" if weights == DEFAULT_WEIGHTS else f" {weights}")
+    text += f" k={cfg['truncate']}" if cfg.get("truncate") else ""
+    text += f" ld={cfg['layer_decay']:g}" if cfg.get("layer_decay") else ""
+    return text + (" +probe" if cfg.get("freeze") == "backbone" else "")
+
+
+def started(g):
+    """A group that started from trained weights (--init or --pretrained)."""
+    model = g["sections"]["model"]
+    return bool(model.get("init") or model.get("pretrained"))
+
+
+def from_scratch_all_classes(g):
+    """A group trained from random weights on every class of its dataset: what the data-regime sections compare."""
+    return not started(g) and not g["sections"]["data"].get("classes")
 
 
 def attention_label(cfg):
@@ -186,15 +254,28 @@ def attention_label(cfg):
     return text
 
 
-def cell_label(cfg):
-    """On what data: regime with its parameter, and dataset."""
+def regime_label(cfg):
+    """The regime with its parameter: 'standard', 'sparse 10%', 'sparse n=5/class', 'imbalanced R=100'."""
     regime = cfg["regime"]
     if regime == "sparse":
         regime += f" n={cfg['per_class']}/class" if cfg.get("per_class") else f" {100 * cfg['fraction']:g}%"
     elif regime == "imbalanced":
         regime += f" R={cfg['imbalance_ratio']:g}"
+    return regime
+
+
+def cell_label(cfg):
+    """On what data: regime with its parameter, and dataset."""
     classes = f" classes {class_list_text(cfg['classes'])}" if cfg.get("classes") else ""
-    return f"{regime} ({cfg['dataset']}{classes})"
+    return f"{regime_label(cfg)} ({cfg['dataset']}{classes})"
+
+
+def data_label(data):
+    """A data section in a few words, for a source in a model label: 'standard cifar10 c0-4'."""
+    if "regime" not in data:
+        return ""
+    classes = f" c{class_list_text(data['classes'])}" if data.get("classes") else ""
+    return f"{regime_label(data)} {data['dataset']}{classes}"
 
 
 def stats(values):
@@ -306,8 +387,8 @@ def setting(sections):
 
 
 def base(groups):
-    """Groups of the two base models with full attention and no time budget."""
-    return [g for g in groups if g["model"] in BASE_ARCHS]
+    """Groups of the two base models with full attention and no time budget, from scratch on every class."""
+    return [g for g in groups if g["model"] in BASE_ARCHS and from_scratch_all_classes(g)]
 
 
 def load_groups(roots):

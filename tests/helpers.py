@@ -81,18 +81,19 @@ def brute_force_mask(h, w, radius, prefix, dilation=1, shape="square"):
 # Where fake_run puts a setting: config.json's sections, as train.py writes them (the rest is recorded).
 FAKE_SECTIONS = dict(model={"arch", "attention", "spt", "patch_size", "pool", "dropout", "drop_path", "radius",
                             "window_shape", "dilation", "dilations", "linformer_k", "linformer_share",
-                            "performer_features", "landmarks", "pinv_iters", "nystrom_conv", "stages"},
+                            "performer_features", "landmarks", "pinv_iters", "nystrom_conv", "stages", "depth",
+                            "init", "pretrained", "weights", "weights_file", "truncate"},
                      data={"dataset", "regime", "fraction", "per_class", "imbalance_ratio", "imbalance_profile",
-                           "max_per_class", "corruptions", "classes"},
-                     optim={"epochs", "time_budget", "lr", "opt", "momentum", "amp"},
+                           "max_per_class", "corruptions", "classes", "img_size", "resize"},
+                     optim={"epochs", "time_budget", "lr", "opt", "momentum", "amp", "freeze", "layer_decay"},
                      run={"seed", "out", "thresholds", "attention_backend"})
 
 
 def fake_run(root, name, seed, test_acc, arch="vit", regime="standard", train_size=1000, finished=True,
-             final_extra=None, flat=False, **cfg_extra):
+             final_extra=None, flat=False, recorded_init=None, **cfg_extra):
     """Write a run folder with the given numbers (and plausible others) as train.py would: settings go to their
-    config section (None: not written), final_extra updates final.json; flat=True writes the flat config.json of
-    runs from before sections."""
+    config section (None: not written), final_extra updates final.json, recorded_init is recorded.init (where a
+    fine-tune started); flat=True writes the flat config.json of runs from before sections."""
     out = os.path.join(root, f"{name}-s{seed}")
     os.makedirs(out)
     cfg = dict(arch=arch, regime=regime, dataset="cifar10", seed=seed, epochs=2, image_size=32, patch_size=4,
@@ -108,6 +109,8 @@ def fake_run(root, name, seed, test_acc, arch="vit", regime="standard", train_si
                     for s, keys in FAKE_SECTIONS.items()}
         taken = set().union(*FAKE_SECTIONS.values())
         cfg = dict(sections, recorded={k: v for k, v in cfg.items() if k not in taken})
+        if recorded_init is not None:
+            cfg["recorded"]["init"] = recorded_init
     json.dump(cfg, open(os.path.join(out, "config.json"), "w"))
     rows = [dict(epoch=e, time_s=10.0 * e, lr=0.1, train_loss=1.0, train_acc=test_acc, val_loss=1.0, val_acc=test_acc)
             for e in (1, 2)]
