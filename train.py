@@ -59,7 +59,7 @@ def get_parser():
     a("--stages", type=int, choices=[1, 2, 3, 4], help="ResNet: residual stages kept")
     a = group("model", "starting weights (default: random; fine-tuning defaults then apply, see --lr)")
     a("--init", metavar="RUN_DIR", help="start from a finished run of this lab (or a checkpoint file): a new head "
-                                        "if the class count differs, position embeddings resized to the grid")
+                                        "if the classes differ, position embeddings resized to the grid")
     a("--pretrained", choices=["imagenet"], help="torchvision's ImageNet weights (ResNets; vit-b16, vit-b32, vit-l16)")
     a("--weights", help=f"--pretrained: torchvision's weights name (default {DEFAULT_WEIGHTS})")
     a("--weights-file", metavar="PATH", help="--pretrained: load this local file instead of the torch hub cache")
@@ -452,6 +452,23 @@ def record(cfg, data, model, backend, device, world):
                 git_commit=git_commit(), command=" ".join(sys.argv))
 
 
+def start_from(cfg, model, data):
+    """The run's starting weights (--init, --pretrained) loaded into model and their normalisation put into data
+    (a resume: the normalisation it was started with), the backbone frozen for a probe; what the starting weights
+    were, or None for random ones or a resume (whose weights are in its checkpoint)."""
+    started = None
+    if cfg["run"]["resume"]:
+        norm = read_config(cfg["run"]["out"])["recorded"]["normalization"]
+        data["mean"], data["std"] = norm["mean"], norm["std"]
+    elif "init" in cfg["model"] or "pretrained" in cfg["model"]:
+        started, norm = start_weights(cfg, model, download=not cfg["run"]["no_download"])
+        if norm is not None:  # the features were learned on inputs standardised this way
+            data["mean"], data["std"] = [float(v) for v in norm[0]], [float(v) for v in norm[1]]
+    if cfg["optim"].get("freeze") == "backbone":
+        freeze_backbone(model)
+    return started
+
+
 def start_line(cfg, started):
     """The log line of a run's starting weights: where from, what changed, the accuracy before training."""
     m, before = cfg["model"], started["before"]
@@ -482,16 +499,7 @@ def main(argv=None):
         data = build_run_data(cfg)
         if len(data["x_train"]) < world:
             raise ValueError(f"the training set has {len(data['x_train'])} images, fewer than the {world} processes")
-        started = None  # what the starting weights were, when there are some (a resume's are in its checkpoint)
-        if cfg["run"]["resume"]:  # the normalisation the run was started with (a source's, for a transfer)
-            norm = read_config(cfg["run"]["out"])["recorded"]["normalization"]
-            data["mean"], data["std"] = norm["mean"], norm["std"]
-        elif "init" in cfg["model"] or "pretrained" in cfg["model"]:
-            started, norm = start_weights(cfg, model, download=not cfg["run"]["no_download"])
-            if norm is not None:  # the features were learned on inputs standardised this way
-                data["mean"], data["std"] = [float(v) for v in norm[0]], [float(v) for v in norm[1]]
-        if cfg["optim"].get("freeze") == "backbone":
-            freeze_backbone(model)
+        started = start_from(cfg, model, data)
         optimizer = make_optimizer(model, cfg["optim"])
         start, history = 0, []
         out = cfg["run"]["out"]
