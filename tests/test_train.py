@@ -443,9 +443,14 @@ def test_init_starts_from_exactly_the_source_runs_weights(vit_run, tmp_path, cap
         epochs=30, batch_size=128, opt="sgd", lr=0.01, weight_decay=0.0, momentum=0.9, warmup_epochs=1.0)
     assert os.path.basename(cfg["run"]["out"]) == "same"
     # Other classes: a new head (said in the log), chance before training.
-    cfg, _, _ = run_train(tmp_path / "other", *VIT_SOURCE, "--epochs", "1", "--init", str(src), "--classes", "5-9")
+    cfg, _, final = run_train(tmp_path / "other", *VIT_SOURCE, "--epochs", "1", "--init", str(src), "--classes",
+                              "5-9")
     assert cfg["recorded"]["init"]["new_head"] and "started from" in capsys.readouterr().out
     assert checkpoint_model(tmp_path / "other")["head.weight"].shape == (5, 64)
+    # Re-evaluation standardises as training did: with the source's statistics, not those of classes 5-9.
+    import evaluate
+    again = evaluate.evaluate_run(str(tmp_path / "other"), "cpu", None)
+    assert again["test_acc"] == final["test_acc"] and again["confusion"] == final["confusion"]
 
 
 @pytest.mark.slow
@@ -539,10 +544,30 @@ def test_bad_transfer_input_exits_2_with_one_line(vit_run, tmp_path, exits_2, ex
     assert not (tmp_path / "x").exists()
 
 
+@pytest.mark.slow
+def test_interrupted_fine_tune_resumes_to_the_same_result(vit_run, tmp_path):
+    # The resumed launch loads nothing from the source: its weights are in the checkpoint, and the normalisation
+    # (the source's) comes from config.json.
+    src, (src_cfg, _, _) = vit_run
+    args = [*VIT_SOURCE, "--synthetic-per-class", "60", "--epochs", "2", "--init", str(src), "--classes", "5-9",
+            "--layer-decay", "0.8"]
+    _, full_rows, full_final = run_train(tmp_path / "full", *args)
+    cmd = [sys.executable, os.path.join(ROOT, "train.py"), *args, "--out", str(tmp_path / "cut"), "--progress", "off"]
+    assert subprocess.run(cmd + ["--stop-after-steps", "12"], capture_output=True).returncode == 3
+    resumed = subprocess.run(cmd + ["--resume"], capture_output=True, text=True)
+    assert resumed.returncode == 0 and "started from" not in resumed.stdout, resumed.stderr
+    cfg, rows, final = read_run(tmp_path / "cut")
+    assert [r["val_acc"] for r in rows] == [r["val_acc"] for r in full_rows] and len(rows) == 2
+    assert final["test_acc"] == full_final["test_acc"] and final["confusion"] == full_final["confusion"]
+    assert cfg["recorded"]["normalization"] == src_cfg["recorded"]["normalization"]
+
+
 def test_init_needs_a_finished_run_and_weights_need_pretrained(tmp_path, exits_2):
     assert "is not a finished run folder (no final.json)" in exits_2(
         [*VIT_SOURCE, "--init", str(tmp_path), "--out", str(tmp_path / "x")])
     assert "--weights-file applies to --pretrained imagenet" in exits_2(
         [*VIT_SOURCE, "--weights-file", "f.pth", "--out", str(tmp_path / "x")])
+    assert "--weights V2 is not one of resnet18's: IMAGENET1K_V1" in exits_2(
+        [*TINY_RESNET, *TINY_DATA, "--pretrained", "imagenet", "--weights", "V2", "--out", str(tmp_path / "x")])
     assert "--layer-decay applies to ViTs, not to --arch resnet18" in exits_2(
         [*TINY_RESNET, *TINY_DATA, "--layer-decay", "0.7", "--out", str(tmp_path / "x")])
