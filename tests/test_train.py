@@ -158,6 +158,14 @@ def test_many_classes_trains_on_cifar100_folders(tmp_path):
     assert cfg["data"]["dataset"] == "cifar100" and cfg["recorded"]["num_classes"] == 100
     assert counts["train"] == [9] * 100 and counts["test"] == [2] * 100
     assert len(final["per_class_recall"]) == 100 and len(final["confusion"]) == 100
+    # CIFAR-100 as the pretraining set: fine-tuned on CIFAR-10 classes 5-9, its 100-way head replaced.
+    write_cifar_folder(tmp_path / "data", "cifar10", 20, 4)
+    ft, _, _ = run_train(tmp_path / "ft", *TINY_VIT, "--dataset", "cifar10", "--classes", "5-9", "--init",
+                         str(tmp_path / "m"), "--data-dir", str(tmp_path / "data"), "--epochs", "1", "--no-download",
+                         "--device", "cpu")
+    init = ft["recorded"]["init"]
+    assert init["new_head"] and init["source_data"]["dataset"] == "cifar100" and ft["recorded"]["num_classes"] == 5
+    assert ft["recorded"]["normalization"] == cfg["recorded"]["normalization"]
 
 
 @pytest.mark.slow
