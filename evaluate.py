@@ -241,7 +241,9 @@ def start_weights(cfg, model, download=True):
         norm = (entry.transforms().mean, entry.transforms().std)  # the normalisation the weights were trained with
         same_classes = False  # ImageNet's 1000 are no dataset's of this lab
     try:
-        record |= transfer_state(model, state, fresh_head="truncate" in m or not same_classes)
+        # A ResNet's --stages (or shallow preset) states the stages it keeps; a ViT's depth must be the source's.
+        record |= transfer_state(model, state, fresh_head="truncate" in m or not same_classes,
+                                 truncated="truncate" in m or m["arch"] in RESNET_PRESETS)
     except ValueError as e:
         raise ValueError(f"{'--init ' + m['init'] if 'init' in m else '--pretrained imagenet'}: {e}")
     return record, norm

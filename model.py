@@ -306,11 +306,11 @@ def is_attention_own(key):
     return re.match(r"blocks\.\d+\.attn\.(?!qkv\.|proj\.)", key) is not None
 
 
-def transfer_state(model, source, fresh_head=False):
+def transfer_state(model, source, fresh_head=False, truncated=False):
     """Load a source state dict (same family, our names) into `model` where it maps, strictly: a new head when the
     class count differs (or fresh_head), position embeddings resized to the model's grid, later blocks or stages
-    than the model keeps removed, the attention kind's own tensors created or left behind. Returns what was done
-    (new_head, resized, removed blocks or stages, created and left_behind tensors);
+    than the model keeps removed (only if truncated), the attention kind's own tensors created or left behind.
+    Returns what was done (new_head, resized, removed blocks or stages, created and left_behind tensors);
     ValueError naming the tensor that cannot be mapped."""
     target = model.state_dict()
     removed_layer = re.compile(r"(blocks\.(\d+)|layer(\d))\.")
@@ -322,6 +322,9 @@ def transfer_state(model, source, fresh_head=False):
             continue
         m = removed_layer.match(key)
         if m and int(m.group(2) or int(m.group(3)) - 1) >= kept_layers:
+            if not truncated:  # removing layers is a choice the command line states
+                raise ValueError(f"the source has more blocks or stages than this model's {kept_layers} ({key}); "
+                                 f"pass --truncate {kept_layers} to keep its first {kept_layers}")
             report["removed"].append(m.group(1))  # a later block or stage than the model keeps
         elif is_attention_own(key):
             report["left_behind"].append(key)

@@ -142,14 +142,14 @@ def test_truncation_keeps_the_first_blocks_and_stages_with_a_fresh_head():
     cut = build_model(**model_config(dict(arch="vit", depth=4, dim=32, heads=4, init="src", truncate=2)),
                       num_classes=10, image_size=16)
     head_before = cut.head.weight.clone()
-    report = transfer_state(cut, source.state_dict(), fresh_head=True)
+    report = transfer_state(cut, source.state_dict(), fresh_head=True, truncated=True)
     assert len(cut.blocks) == 2 and report["removed"] == ["blocks.2", "blocks.3"] and report["new_head"]
     assert count_params(cut) == count_params(source) - 2 * count_params(source.blocks[0])
     assert all(torch.equal(v, source.state_dict()[k]) for k, v in cut.state_dict().items() if not k.startswith("head"))
     assert torch.equal(cut.head.weight, head_before)  # fresh: not the source's head, which sat after 4 blocks
     full = build_model("resnet18", 10, pretrained="imagenet")
     two = build_model("resnet18", 10, pretrained="imagenet", truncate=2)
-    report = transfer_state(two, full.state_dict(), fresh_head=True)
+    report = transfer_state(two, full.state_dict(), fresh_head=True, truncated=True)
     assert report["removed"] == ["layer3", "layer4"] and two.fc.in_features == 128
     kept = sum(count_params(m) for m in (full.conv1, full.bn1, full.layer1, full.layer2))
     assert count_params(two) == kept + 128 * 10 + 10
@@ -176,6 +176,7 @@ def test_unmappable_weights_are_refused_naming_the_tensor():
     wider = r"cannot map cls_token: .*\(1, 1, 32\), this model \(1, 1, 64\)"
     for model, message in ((build_model("vit", 10, 16, depth=4, dim=64, heads=4), wider),
                            (build_model("vit", 10, 16, depth=5, dim=32, heads=4), "the source has no blocks.4"),
+                           (build_model("vit", 10, 16, depth=2, dim=32, heads=4), "pass --truncate 2 to keep its"),
                            (build_model("resnet18", 10), "the source's cls_token has no place in this model")):
         with pytest.raises(ValueError, match=message):
             transfer_state(model, source)

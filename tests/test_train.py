@@ -540,6 +540,8 @@ def test_offline_pretrained_without_a_cached_file_exits_2_naming_it(tmp_path, ex
     (["--truncate", "3"], "--truncate 3 is outside 1-2, the blocks of --arch vit"),
     (["--dim", "32"], "cannot map cls_token: the source has shape (1, 1, 64), this model (1, 1, 32)"),
     (["--depth", "3"], "the source has no blocks.2.norm1.weight"),
+    (["--depth", "1"], "the source has more blocks or stages than this model's 1 (blocks.1.norm1.weight); pass "
+                       "--truncate 1"),
     (["--arch", "resnet18"], "a vit run cannot start --arch resnet18"),
     (["--layer-decay", "0"], "--layer-decay 0.0 is outside (0, 1]"),
     (["--resize", "bicubic"], "--resize applies to --img-size"),
