@@ -24,8 +24,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from attention import (ATTENTIONS, WINDOWED, Attention, attention_options, flex_attention, flex_block_mask,
                        local_attention_mask)
 from data import build_data, corrupt, dataset_shape, normalize
-from model import (RESNET_PRESETS, ViT, build_model, count_params, torchvision_name, torchvision_vit_state,
-                   transfer_state)
+from model import RESNET_PRESETS, ViT, build_model, count_params, imagenet_state, transfer_state
 
 SOFTMAX_KINDS = WINDOWED | {"full", "lsa"}  # kinds with explicit attention weights, for attention_distance
 SECTIONS = ("model", "data", "optim", "run")  # a run's config.json: these, then what the run recorded
@@ -191,29 +190,6 @@ def source_state(path, device="cpu"):
     return state, read_config(folder) if has_config else None
 
 
-def imagenet_state(arch, weights, weights_file=None, download=True):
-    """torchvision's ImageNet weights for `arch` (our ViT's names for ViTs) through its weight API and the torch hub
-    cache, or from weights_file -> (state dict, the weights' enum entry); ValueError naming the file to fetch."""
-    entry = torchvision.models.get_model_weights(torchvision_name(arch))[weights]
-    if weights_file is None:
-        folder = os.path.join(torch.hub.get_dir(), "checkpoints")
-        file = os.path.basename(entry.url)
-        where = (f"--pretrained imagenet --weights {weights}: {file} is not in the torch hub cache; put it in "
-                 f"{folder} ($TORCH_HOME/hub/checkpoints/{file}, from {entry.url}) or pass --weights-file PATH")
-        if not download and not os.path.isfile(os.path.join(folder, file)):
-            raise ValueError(where + " (--no-download)")
-        try:
-            state = entry.get_state_dict(progress=False, check_hash=True)
-        except Exception as e:  # offline, or a corrupt download: the message says which file is wanted
-            raise ValueError(f"{where} ({type(e).__name__})")
-    else:
-        try:
-            state = torch.load(weights_file, map_location="cpu", weights_only=True)
-        except Exception as e:
-            raise ValueError(f"--weights-file {weights_file}: cannot load it ({type(e).__name__})")
-    return (state if arch in RESNET_PRESETS else torchvision_vit_state(state)), entry
-
-
 def start_weights(cfg, model, download=True):
     """Load the model section's starting point (--init or --pretrained) into model: what was done, for
     config.json, and the normalisation its features were learned with ((mean, std), or None: the data's own)."""
@@ -282,15 +258,6 @@ def evaluate_split(model, images, labels, data, device, amp, rank=0, world=1):
         dist.all_reduce(totals)
     loss, correct, n = totals.tolist()
     return (loss / n, correct / n) if n else (None, None)
-
-
-def start_accuracy(model, data, device, amp):
-    """Validation loss and accuracy and test accuracy of a model as it is (the starting weights of a transfer)."""
-    val_loss, val_acc = evaluate_split(model, data["x_val"], data["y_val"], data, device, amp)
-    logits, _ = predict(model, data["x_test"], data["y_test"], data["mean"], data["std"], device, amp,
-                        size=data["input_size"], resize=data["resize"])
-    test_acc = (logits.argmax(1).cpu() == data["y_test"]).double().mean().item()
-    return dict(val_loss=val_loss, val_acc=val_acc, test_acc=test_acc)
 
 
 def classification_metrics(logits, labels, num_classes):

@@ -1,6 +1,7 @@
 """Our ViT and torchvision's ResNets (with a small-image stem); `build_model` makes any of them by name, and
 `transfer_state` starts one from another's weights (a run of this lab or torchvision's ImageNet weights)."""
 import math
+import os
 import re
 
 import torch
@@ -283,6 +284,29 @@ def torchvision_vit_state(state):
             raise ValueError(f"torchvision ViT weight {key} has no counterpart in our ViT")
         out[new] = value
     return out
+
+
+def imagenet_state(arch, weights, weights_file=None, download=True):
+    """torchvision's ImageNet weights for `arch` (our ViT's names for ViTs) through its weight API and the torch hub
+    cache, or from weights_file -> (state dict, the weights' enum entry); ValueError naming the file to fetch."""
+    entry = torchvision.models.get_model_weights(torchvision_name(arch))[weights]
+    if weights_file is None:
+        folder = os.path.join(torch.hub.get_dir(), "checkpoints")
+        file = os.path.basename(entry.url)
+        where = (f"--pretrained imagenet --weights {weights}: {file} is not in the torch hub cache; put it in "
+                 f"{folder} ($TORCH_HOME/hub/checkpoints/{file}, from {entry.url}) or pass --weights-file PATH")
+        if not download and not os.path.isfile(os.path.join(folder, file)):
+            raise ValueError(where + " (--no-download)")
+        try:
+            state = entry.get_state_dict(progress=False, check_hash=True)
+        except Exception as e:  # offline, or a corrupt download: the message says which file is wanted
+            raise ValueError(f"{where} ({type(e).__name__})")
+    else:
+        try:
+            state = torch.load(weights_file, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise ValueError(f"--weights-file {weights_file}: cannot load it ({type(e).__name__})")
+    return (state if arch in RESNET_PRESETS else torchvision_vit_state(state)), entry
 
 
 def resize_pos_embed(pos, num_prefix_tokens, grid):

@@ -22,8 +22,8 @@ from data import (CORRUPTIONS, DATA_DEFAULTS, DATASETS, REGIME_OPTIONS, REGIMES,
                   SYNTHETIC_OPTIONS, TRAIN_CORRUPTION_OPTIONS, augment, class_list_text, data_config, epoch_plan,
                   normalize, rank_batches)
 from evaluate import (SECTIONS, Parser, attention_backend, autocast, build_run_data, build_run_model, device_name,
-                      evaluate_split, fail, final_metrics, git_commit, load_checkpoint, make_device, read_config,
-                      save_checkpoint, start_accuracy, start_weights, versions, write_json, write_jsonl)
+                      evaluate_split, fail, final_metrics, git_commit, load_checkpoint, make_device, predict,
+                      read_config, save_checkpoint, start_weights, versions, write_json, write_jsonl)
 from model import ARCHS, DEFAULT_WEIGHTS, RESNET_PRESETS, VIT_DEFAULTS, count_params, model_config
 
 # Each optimiser's defaults; ResNets train with sgd and ViTs with adamw unless --opt says otherwise.
@@ -316,6 +316,15 @@ def head_of(model):
     return model.head if hasattr(model, "head") else model.fc
 
 
+def set_train_mode(model, optim):
+    """Training mode; for a linear probe only the head's: the backbone computes as evaluated (BatchNorm statistics,
+    no dropout or drop-path)."""
+    frozen = optim.get("freeze") == "backbone"
+    model.train(not frozen)
+    if frozen:
+        head_of(getattr(model, "module", model)).train()  # under DDP the model is .module
+
+
 def freeze_backbone(model):
     """--freeze backbone: every parameter but the head's stops training (and so is never changed)."""
     for p in model.parameters():
@@ -345,10 +354,7 @@ def train_one_epoch(model, optimizer, loss_fn, train, epoch, clock, cfg, rank, w
     total_steps = optim["epochs"] * len(train["batches"])
     # Dropout and drop-path draw from the global generator: seeded per epoch (and rank), an epoch is resumable.
     torch.manual_seed(run["seed"] * 1000003 + epoch * 101 + rank)
-    frozen = optim.get("freeze") == "backbone"
-    model.train(not frozen)
-    if frozen:  # a linear probe: the backbone computes as evaluated (BatchNorm statistics, no dropout), the head trains
-        head_of(getattr(model, "module", model)).train()
+    set_train_mode(model, optim)
     t0 = time.time()
     totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, count: read once per epoch
     # The epoch's order and crop/flip draws, made on the CPU from (seed, epoch), reach the device in one copy.
@@ -467,6 +473,15 @@ def start_from(cfg, model, data):
     if cfg["optim"].get("freeze") == "backbone":
         freeze_backbone(model)
     return started
+
+
+def start_accuracy(model, data, device, amp):
+    """Validation loss and accuracy and test accuracy of a model as it is (the starting weights of a transfer)."""
+    val_loss, val_acc = evaluate_split(model, data["x_val"], data["y_val"], data, device, amp)
+    logits, _ = predict(model, data["x_test"], data["y_test"], data["mean"], data["std"], device, amp,
+                        size=data["input_size"], resize=data["resize"])
+    test_acc = (logits.argmax(1).cpu() == data["y_test"]).double().mean().item()
+    return dict(val_loss=val_loss, val_acc=val_acc, test_acc=test_acc)
 
 
 def start_line(cfg, started):
