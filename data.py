@@ -370,15 +370,20 @@ def channel_stats(images, chunk=8192):
 
 # ----------------------------------------------------------------------------- batches and augmentation
 
-def epoch_plan(n, epoch, seed, world_size=1, pad=4):
+def epoch_plan(n, epoch, seed, world_size=1, pad=4, repeats=1):
     """One epoch's sample order and crop/flip draws: (perm, shifts (len, 2), flips (len,)), the same on every rank.
 
     The tail that does not divide by world_size is dropped, so every process gets an equal share. Drawn on
     the CPU from a generator seeded by (seed, epoch), so a resumed epoch repeats exactly; moved to the device
-    once per epoch, so the training loop makes no host-to-device copy per step.
+    once per epoch, so the training loop makes no host-to-device copy per step. repeats K > 1 is DeiT's repeated
+    augmentation: the first ceil(n / K) images of the order, each K times in a row (each copy with its own crop,
+    flip and recipe draws), cut to n positions, so an epoch keeps its length and the regime's subset.
     """
     g = torch.Generator().manual_seed(seed * 100003 + epoch)
-    perm = torch.randperm(n, generator=g)[: n - n % world_size]
+    perm = torch.randperm(n, generator=g)
+    if repeats > 1:
+        perm = perm[: -(-n // repeats)].repeat_interleave(repeats)[:n]
+    perm = perm[: n - n % world_size]
     shifts = torch.randint(0, 2 * pad + 1, (len(perm), 2), generator=g)
     flips = torch.rand(len(perm), generator=g) < 0.5
     return perm, shifts, flips
@@ -422,7 +427,12 @@ def normalize(images, mean, std, size=None, mode="bilinear"):
     resized to size x size if given (--img-size: batched, on the images' device, antialiased when shrinking)."""
     mean = torch.as_tensor(mean, device=images.device).view(1, -1, 1, 1)
     std = torch.as_tensor(std, device=images.device).view(1, -1, 1, 1)
-    x = (images.float() / 255 - mean) / std
+    return resize((images.float() / 255 - mean) / std, size, mode)
+
+
+def resize(x, size=None, mode="bilinear"):
+    """A standardised float batch resized to size x size (None or its own size: unchanged), antialiased when
+    shrinking."""
     if size is None or tuple(x.shape[-2:]) == (size, size):
         return x
     # After standardising: a per-channel affine map commutes with interpolation (its weights sum to 1), and the

@@ -99,21 +99,29 @@ class Block(nn.Module):
 
 class ViT(nn.Module):
     """Vision Transformer: conv (or shifted, --spt) patch embedding, cls token or mean pooling, learned positions,
-    pre-norm blocks with any attention of attention.py (its options, and `backend`, in attention_options)."""
+    pre-norm blocks with any attention of attention.py (its options, and `backend`, in attention_options).
+
+    distill_token (DeiT): a second token after the cls token with its own head, head_dist. Training mode returns
+    both heads' logits (cls, dist); eval mode their mean, or one head's as `output` says ("mean", "cls", "dist")."""
 
     def __init__(self, num_classes, image_size=32, patch_size=4, depth=6, dim=256, heads=8, mlp_ratio=2.0,
                  pool="cls", attention="full", attention_options=None, spt=False, dropout=0.0, drop_path=0.0,
-                 norm_eps=1e-5):
+                 norm_eps=1e-5, distill_token=False):
         super().__init__()
         if image_size % patch_size:
             allowed = ", ".join(str(p) for p in range(1, image_size + 1) if image_size % p == 0)
             raise ValueError(f"patch size {patch_size} does not divide the image size {image_size}; "
                              f"allowed: {allowed}")
+        if distill_token and pool != "cls":
+            raise ValueError("--distill token needs the cls token; it cannot be used with --pool mean")
         grid = image_size // patch_size
         self.pool = pool
-        self.num_prefix_tokens = int(pool == "cls")  # tokens before the patches: the cls token, if any
+        self.output = "mean"
+        # Tokens before the patches: the cls token, if any, and the distillation token.
+        self.num_prefix_tokens = int(pool == "cls") + int(distill_token)
         self.patch_embed = ShiftedPatchEmbed(patch_size, dim) if spt else nn.Conv2d(3, dim, patch_size, patch_size)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim)) if pool == "cls" else None
+        self.dist_token = nn.Parameter(torch.zeros(1, 1, dim)) if distill_token else None
         self.pos_embed = nn.Parameter(torch.zeros(1, grid * grid + self.num_prefix_tokens, dim))
         self.dropout = nn.Dropout(dropout)
         options = dict(attention_options or {}, kind=attention, grid=(grid, grid),
@@ -126,9 +134,11 @@ class ViT(nn.Module):
                 options["shared_projection"] = self.blocks[0].attn.proj_k  # one matrix for every layer
         self.norm = nn.LayerNorm(dim, eps=norm_eps)
         self.head = nn.Linear(dim, num_classes)
+        self.head_dist = nn.Linear(dim, num_classes) if distill_token else None
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
-        if self.cls_token is not None:
-            nn.init.trunc_normal_(self.cls_token, std=0.02)
+        for token in (self.cls_token, self.dist_token):
+            if token is not None:
+                nn.init.trunc_normal_(token, std=0.02)
         for m in self.modules():
             if isinstance(m, nn.Linear):
                 nn.init.trunc_normal_(m.weight, std=0.02)
@@ -139,8 +149,9 @@ class ViT(nn.Module):
         x = self.patch_embed(x)
         if x.ndim == 4:  # the conv embedding gives B, D, h, w
             x = x.flatten(2).transpose(1, 2)
-        if self.cls_token is not None:
-            x = torch.cat([self.cls_token.expand(len(x), -1, -1), x], 1)
+        prefix = [t.expand(len(x), -1, -1) for t in (self.cls_token, self.dist_token) if t is not None]
+        if prefix:
+            x = torch.cat([*prefix, x], 1)
         return self.dropout(x + self.pos_embed)
 
     def forward(self, x):
@@ -148,7 +159,12 @@ class ViT(nn.Module):
         for block in self.blocks:
             x = block(x)
         x = self.norm(x)
-        return self.head(x[:, 0] if self.pool == "cls" else x.mean(1))
+        if self.dist_token is None:
+            return self.head(x[:, 0] if self.pool == "cls" else x.mean(1))
+        cls, dist = self.head(x[:, 0]), self.head_dist(x[:, 1])
+        if self.training:  # each head has its own loss (train.distill_loss)
+            return cls, dist
+        return {"mean": (cls + dist) / 2, "cls": cls, "dist": dist}[self.output]
 
 
 def resnet(base, num_classes, image_size=32, stages=4, imagenet_stem=False):

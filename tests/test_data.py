@@ -329,3 +329,13 @@ def test_classes_keep_a_subset_relabelled_in_order(tmp_path):
     assert d["counts"]["train"] == [6, 6, 6] and d["counts"]["test"] == [3, 3, 3]
     assert data.dataset_shape("cifar10", classes=[2, 5, 7]) == (3, 32)
     assert data.data_config(dict(classes="7,2-3"))["classes"] == [2, 3, 7]
+
+
+def test_repeated_augmentation_repeats_a_prefix_of_the_epochs_order():
+    perm, _, _ = data.epoch_plan(10, 3, 7)
+    repeated, shifts, flips = data.epoch_plan(10, 3, 7, repeats=3)
+    # ceil(10 / 3) = 4 images, each 3 times in a row, cut to the epoch's 10 positions.
+    assert repeated.tolist() == [i for i in perm[:4].tolist() for _ in range(3)][:10]
+    draws = [(tuple(shifts[j].tolist()), bool(flips[j])) for j in range(9)]
+    assert all(len(set(draws[j:j + 3])) > 1 for j in (0, 3, 6))  # each copy has its own crop and flip
+    assert data.epoch_plan(10, 3, 7, world_size=4, repeats=3)[0].tolist() == repeated[:8].tolist()
