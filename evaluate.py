@@ -1,13 +1,17 @@
-"""Run folders, metrics and the attention cost benchmark: everything train.py and a re-evaluation share.
+"""Run folders, metrics and the benchmarks (attention cost, input pipeline): what train.py and a re-evaluation
+share.
 
     python evaluate.py RUN_DIR                 # re-evaluate a run's checkpoint
     python evaluate.py bench-attention --out bench-attention.json
+    python evaluate.py bench-data --data-dir data --out bench-data.json
 
 Imports run one way: model, attention and data <- evaluate <- train.
 """
 import argparse
+import functools
 import json
 import os
+import pickle
 import platform
 import statistics
 import subprocess
@@ -19,11 +23,15 @@ import torch.distributed as dist
 import torch.nn.functional as F
 import torchvision
 from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.data import DataLoader, default_collate
 from torch.utils.flop_counter import FlopCounterMode
+from torchvision.transforms import v2
 
 from attention import (ATTENTIONS, WINDOWED, Attention, attention_options, flex_attention, flex_block_mask,
                        local_attention_mask)
-from data import build_data, corrupt, dataset_shape, normalize
+from augment import RECIPE_KEYS, RECIPES, recipe_batch, recipe_draws
+from data import (augment, build_data, channel_stats, class_list_text, corrupt, dataset_shape, epoch_plan,
+                  load_dataset, normalize, rank_batches)
 from model import RESNET_PRESETS, ViT, build_model, count_params, imagenet_state, transfer_state
 
 SOFTMAX_KINDS = WINDOWED | {"full", "lsa"}  # kinds with explicit attention weights, for attention_distance
@@ -225,6 +233,53 @@ def start_weights(cfg, model, download=True):
     return record, norm
 
 
+def load_teacher(cfg, device):
+    """--teacher: the finished run's model on `device` in eval mode with no gradients, its config, and what it is
+    (for config.json); ValueError if it is not a finished run or was trained on other classes."""
+    path = cfg["optim"]["teacher"]
+    if not os.path.isfile(os.path.join(path, "final.json")):
+        raise ValueError(f"--teacher {path} is not a finished run folder (no final.json)")
+    source = read_config(path)
+    classes, _ = dataset_shape(cfg["data"]["dataset"], cfg["data"].get("synthetic_size"), cfg["data"].get("classes"))
+    if source["recorded"]["num_classes"] != classes or any(source["data"].get(k) != cfg["data"].get(k)
+                                                           for k in ("dataset", "classes")):
+        what = lambda d, n: f"{d['dataset']}" + (f" classes {class_list_text(d['classes'])}" if d.get("classes")
+                                                 else "") + f" ({n} classes)"
+        raise ValueError(f"--teacher {path} was trained on {what(source['data'], source['recorded']['num_classes'])}, "
+                         f"this run trains on {what(cfg['data'], classes)}; a teacher must predict the same classes")
+    backend = attention_backend(source["model"].get("attention", "full"), "auto", device)
+    teacher = build_run_model(source, backend).to(device)
+    load_checkpoint(os.path.join(path, "checkpoint.pt"), device, teacher)
+    teacher.eval().requires_grad_(False)
+    record = dict(source=os.path.abspath(path), model=source["model"], data=source["data"],
+                  test_acc=read_json(os.path.join(path, "final.json"))["test_acc"],
+                  commit=source["recorded"].get("git_commit"))
+    return teacher, source, record
+
+
+def ema_pairs(ema, model):
+    """(averaged, copied) lists of (EMA tensor, model tensor): parameters and BatchNorm statistics are averaged;
+    other buffers (Performer features, step counters) are copied, since an average of random features is none."""
+    averaged, copied = [], []
+    model_state = model.state_dict(keep_vars=True)
+    for name, e in ema.state_dict(keep_vars=True).items():
+        m = model_state[name]
+        is_average = e.is_floating_point() and (isinstance(m, torch.nn.Parameter) or name.endswith(("running_mean",
+                                                                                                 "running_var")))
+        (averaged if is_average else copied).append((e.data, m.data))
+    return averaged, copied
+
+
+@torch.no_grad()
+def ema_update(pairs, decay):
+    """One EMA step after an optimizer step: each averaged tensor moves 1 - decay of the way to the model's."""
+    averaged, copied = pairs
+    if averaged:
+        torch._foreach_lerp_([e for e, _ in averaged], [m for _, m in averaged], 1 - decay)
+    for e, m in copied:
+        e.copy_(m)
+
+
 # ----------------------------------------------------------------------------- metrics
 
 def autocast(device, amp):
@@ -383,12 +438,31 @@ def attention_distance(model, images, mean, std, device, batch_size=64, size=Non
     return (sums / len(images)).tolist()
 
 
+def test_metrics(model, data, device, amp):
+    """classification_metrics of a model on the run's test set."""
+    logits, _ = predict(model, data["x_test"], data["y_test"], data["mean"], data["std"], device, amp,
+                        size=data["input_size"], resize=data["resize"])
+    return classification_metrics(logits, data["y_test"], data["num_classes"])
+
+
+def head_accuracies(model, data, device, amp):
+    """A ViT with a distillation token: each head's test accuracy alone (its test_acc is the two heads' mean)."""
+    out = {}
+    for head in ("cls", "dist"):
+        model.output = head
+        try:
+            out[head] = test_metrics(model, data, device, amp)["test_acc"]
+        finally:
+            model.output = "mean"
+    return out
+
+
 def final_metrics(model, data, device, amp, history, thresholds):
     """Every number of final.json that depends on the model and data (train.py adds timing and memory)."""
     image_size = data["input_size"]
-    logits, _ = predict(model, data["x_test"], data["y_test"], data["mean"], data["std"], device, amp,
-                        size=image_size, resize=data["resize"])
-    out = classification_metrics(logits, data["y_test"], data["num_classes"])
+    out = test_metrics(model, data, device, amp)
+    if getattr(model, "dist_token", None) is not None:
+        out["head_test_acc"] = head_accuracies(model, data, device, amp)
     out["params"] = count_params(model)  # all of them, frozen or not
     out["flops_per_image"] = count_flops(model, torch.zeros(1, 3, image_size, image_size, device=device))
     out.update(measure_speed(model, image_size, device, amp))
@@ -551,6 +625,140 @@ def bench_attention(argv):
     return 0
 
 
+# ----------------------------------------------------------------------------- the input pipeline's speed
+
+class CIFAR10Unchecked(torchvision.datasets.CIFAR10):
+    """torchvision's CIFAR10 (its reading and __getitem__) without its md5 checks, for CIFAR folders rebuilt from
+    another source: the same arrays, not byte-identical files."""
+
+    def _check_integrity(self):
+        return True
+
+    def _load_meta(self):
+        with open(os.path.join(self.root, self.base_folder, self.meta["filename"]), "rb") as f:
+            self.classes = pickle.load(f, encoding="latin1")[self.meta["key"]]
+        self.class_to_idx = {name: i for i, name in enumerate(self.classes)}
+
+
+def mixed_collate(batch, mix):
+    """default_collate, then a MixUp / CutMix transform on the batch (a module-level function: workers pickle it)."""
+    return mix(*default_collate(batch))
+
+
+def torchvision_loader(recipe, data_dir, mean, std, batch_size, workers):
+    """torchvision's CIFAR10 + DataLoader with a recipe as per-image v2 transforms (RandAugment at bin 3M of 31),
+    MixUp / CutMix on the collated batch in the workers, as torchvision's reference scripts do."""
+    steps = [v2.RandomCrop(32, padding=4), v2.RandomHorizontalFlip()]
+    if "randaug" in recipe:
+        steps.append(v2.RandAugment(num_ops=recipe["randaug"][0], magnitude=round(3 * recipe["randaug"][1]),
+                                    num_magnitude_bins=31, fill=128))
+    steps += [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
+    if "random_erasing" in recipe:
+        steps.append(v2.RandomErasing(p=recipe["random_erasing"], value="random"))
+    mixers = [(v2.CutMix(alpha=recipe["cutmix"], num_classes=10), recipe.get("switch_prob", 1.0))] \
+        if "cutmix" in recipe else []
+    mixers += [(v2.MixUp(alpha=recipe["mixup"], num_classes=10), 1 - (mixers[0][1] if mixers else 0.0))] \
+        if "mixup" in recipe else []
+    collate = default_collate
+    if mixers:
+        mix = v2.RandomChoice([m for m, _ in mixers], p=[p for _, p in mixers])
+        mix = v2.RandomApply([mix], p=recipe["mix_prob"]) if recipe["mix_prob"] < 1 else mix
+        collate = functools.partial(mixed_collate, mix=mix)
+    dataset = CIFAR10Unchecked(data_dir, train=True, transform=v2.Compose(steps))
+    return DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers, collate_fn=collate,
+                      drop_last=True, pin_memory=torch.cuda.is_available())
+
+
+def time_ours(recipe, x_train, y_train, mean, std, a, device):
+    """Seconds of a.batches of our pipeline (train.py's training_batch) after a.warmup, the epoch's draws prorated."""
+    t0 = time.perf_counter()
+    perm, shifts, flips = (t.to(device) for t in epoch_plan(len(x_train), epoch=0, seed=0))
+    batches = rank_batches(len(perm), a.batch_size)
+    draws = recipe_draws(len(perm), batches, recipe, 32, 32, seed=0, epoch=0)
+    draws = {k: v.to(device) if k in ("levels", "boxes") else v for k, v in draws.items()}
+    _sync(device)
+    per_epoch = time.perf_counter() - t0  # once an epoch: each batch bears 1 / len(batches) of it
+
+    def batch(b):
+        idx = perm[batches[b]]
+        images = augment(x_train[idx], shifts[batches[b]], flips[batches[b]])
+        if not recipe:
+            return normalize(images, mean, std)
+        return recipe_batch(images, y_train[idx], draws, batches[b], b, recipe, mean, std, 10, 0.1)
+
+    for b in range(a.warmup):
+        batch(b)
+    _sync(device)
+    t0 = time.perf_counter()
+    for b in range(a.warmup, a.warmup + a.batches):
+        batch(b)
+    _sync(device)
+    return time.perf_counter() - t0 + per_epoch * a.batches / len(batches)
+
+
+def time_torchvision(recipe, mean, std, a, device):
+    """Seconds of a.batches of torchvision's loader, moved to the device, after a.warmup (the workers' start)."""
+    batches = iter(torchvision_loader(recipe, a.data_dir, mean, std, a.batch_size, a.workers))
+    for _ in range(a.warmup):
+        next(batches)
+    t0 = time.perf_counter()
+    for _ in range(a.batches):
+        images, targets = next(batches)
+        images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+    _sync(device)
+    return time.perf_counter() - t0
+
+
+def bench_data(argv):
+    """python evaluate.py bench-data: images/s of our input pipeline and of torchvision's DataLoader for each recipe,
+    in one run on one machine; writes JSON."""
+    prog = "evaluate.py bench-data"
+    p = Parser(prog=prog, description="Images/s of our input pipeline against torchvision's, per recipe.")
+    p.add_argument("--data-dir", default="data", help="the folder holding cifar-10-batches-py (default: data)")
+    p.add_argument("--recipes", default=",".join(RECIPES), help="comma-separated presets (default: all; none is "
+                                                                "crop and flip only)")
+    p.add_argument("--batches", type=int, default=50, help="batches timed per pipeline and recipe (default 50)")
+    p.add_argument("--warmup", type=int, default=5, help="batches run before timing (default 5)")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--workers", type=int, default=2, help="torchvision DataLoader workers (default 2)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+    p.add_argument("--out", default="bench-data.json", help="JSON file to write (default: bench-data.json)")
+    a = p.parse_args(argv)
+    chosen = [r for r in a.recipes.split(",") if r]
+    try:
+        bad = [r for r in chosen if r not in RECIPES]
+        if bad or not chosen:
+            raise ValueError(f"--recipes: unknown recipe '{bad[0] if bad else ''}'; choose from {', '.join(RECIPES)}")
+        if min(a.batches, a.batch_size, a.workers + 1, a.warmup + 1) < 1:
+            raise ValueError("--batches and --batch-size must be at least 1, --warmup and --workers at least 0")
+        device = make_device(a.device)
+        raw = load_dataset("cifar10", a.data_dir, download=False)
+        if (a.warmup + a.batches) * a.batch_size > len(raw["x_train"]):
+            raise ValueError(f"--warmup + --batches ({a.warmup + a.batches}) batches of {a.batch_size} exceed an epoch")
+    except ValueError as e:
+        fail(e, prog)
+    mean, std = channel_stats(raw["x_train"])
+    x_train, y_train = raw["x_train"].to(device), raw["y_train"].to(device)
+    recipes = {name: {k: RECIPES[name][k] for k in RECIPE_KEYS if RECIPES[name].get(k)} for name in chosen}
+    for r in recipes.values():  # as train.py resolves them: mixing probabilities where something mixes
+        if "mixup" in r or "cutmix" in r:
+            r.setdefault("mix_prob", 1.0)
+    report = dict(benchmark="data", device=device_name(device), settings=vars(a) | dict(recipes=recipes),
+                  versions=versions(), git_commit=git_commit(), command=" ".join(sys.argv), results=[], ratios={})
+    for name, recipe in recipes.items():
+        rates = {}
+        for pipeline in ("ours", "torchvision"):
+            seconds = (time_ours(recipe, x_train, y_train, mean, std, a, device) if pipeline == "ours"
+                       else time_torchvision(recipe, mean, std, a, device))
+            rates[pipeline] = a.batches * a.batch_size / seconds
+            report["results"].append(dict(pipeline=pipeline, recipe=name, images_per_s=rates[pipeline],
+                                          batches=a.batches, seconds=seconds))
+            print(f"{name:8s} {pipeline:11s} {rates[pipeline]:10.0f} images/s", flush=True)
+        report["ratios"][name] = rates["ours"] / rates["torchvision"]
+        write_json(a.out, report)  # after every recipe: an interrupted benchmark keeps what it measured
+    return 0
+
+
 def evaluate_run(run_dir, device_flag, data_dir):
     """final.json's numbers for a run folder's checkpoint, on its own data; ValueError for a bad folder or flag."""
     ckpt_path = os.path.join(run_dir, "checkpoint.pt")
@@ -570,10 +778,13 @@ def evaluate_run(run_dir, device_flag, data_dir):
 
 
 def main(argv=None):
-    """Re-evaluate a run folder's checkpoint on its own data and print the metrics as JSON (or: bench-attention)."""
+    """Re-evaluate a run folder's checkpoint on its own data and print the metrics as JSON (or: bench-attention,
+    bench-data)."""
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["bench-attention"]:
         return bench_attention(argv[1:])
+    if argv[:1] == ["bench-data"]:
+        return bench_data(argv[1:])
     p = Parser(prog="evaluate.py", description="Evaluate a run folder's checkpoint (test metrics, cost, corruptions).")
     p.add_argument("run_dir", help="a run folder written by train.py (config.json + checkpoint.pt)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")

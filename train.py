@@ -7,6 +7,7 @@ Run folder: config.json (everything needed to reproduce), metrics.jsonl (one lin
 checkpoint.pt (after every epoch, for --resume), final.json (written last: the run is finished).
 """
 import argparse
+import copy
 import math
 import os
 import sys
@@ -18,12 +19,14 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from attention import ATTENTION_OPTIONS, ATTENTIONS, option_flag, shown_options
+from augment import RECIPE_KEYS, RECIPES, recipe_batch, recipe_draws
 from data import (CORRUPTIONS, DATA_DEFAULTS, DATASETS, REGIME_OPTIONS, REGIMES, RESIZE_MODES, SPARSE_FRACTION,
                   SYNTHETIC_OPTIONS, TRAIN_CORRUPTION_OPTIONS, augment, class_list_text, data_config, epoch_plan,
-                  normalize, rank_batches)
+                  normalize, rank_batches, resize)
 from evaluate import (SECTIONS, Parser, attention_backend, autocast, build_run_data, build_run_model, device_name,
-                      evaluate_split, fail, final_metrics, git_commit, load_checkpoint, make_device, predict,
-                      read_config, save_checkpoint, start_weights, versions, write_json, write_jsonl)
+                      ema_pairs, ema_update, evaluate_split, fail, final_metrics, git_commit, load_checkpoint,
+                      load_teacher, make_device, read_config, save_checkpoint, start_weights, test_metrics, versions,
+                      write_json, write_jsonl)
 from model import ARCHS, DEFAULT_WEIGHTS, RESNET_PRESETS, VIT_DEFAULTS, count_params, model_config
 
 # Each optimiser's defaults; ResNets train with sgd and ViTs with adamw unless --opt says otherwise.
@@ -32,6 +35,10 @@ OPTIMIZERS = {"adamw": dict(lr=1e-3, weight_decay=0.05), "sgd": dict(lr=0.1, wei
 # families, a small lr, no weight decay, a short warm-up (at most 1 epoch); --opt adamw gets a small lr too.
 FINETUNE = {"adamw": dict(lr=1e-4, weight_decay=0.0), "sgd": dict(lr=0.01, weight_decay=0.0, momentum=0.9)}
 FINETUNE_WARMUP_EPOCHS = 1.0
+OPTIM_DEFAULTS = dict(label_smoothing=0.1, grad_clip=1.0)
+
+MIX_DEFAULTS = dict(mix_prob=1.0, switch_prob=0.5)  # DeiT's
+DISTILL_DEFAULTS = dict(distill_alpha=0.5, distill_tau=1.0)  # DeiT's code; its paper's soft runs use 0.1 and 3.0
 
 
 # ----------------------------------------------------------------------------- the command line and the config
@@ -115,12 +122,33 @@ def get_parser():
     a("--momentum", type=float, help=f"sgd: Nesterov momentum (default {OPTIMIZERS['sgd']['momentum']})")
     a("--warmup-epochs", type=float, help="linear warm-up (default: min(5, epochs / 10); fine-tuning "
                                           f"min({FINETUNE_WARMUP_EPOCHS:g}, epochs / 10))")
-    a("--label-smoothing", type=float, default=0.1)
-    a("--grad-clip", type=float, default=1.0, help="max gradient norm, 0 disables")
+    a("--label-smoothing", type=float, help=f"default {OPTIM_DEFAULTS['label_smoothing']}")
+    a("--grad-clip", type=float, help=f"max gradient norm, 0 disables (default {OPTIM_DEFAULTS['grad_clip']})")
     a("--time-budget", type=float, help="seconds of training steps: the schedule follows the share of the budget "
                                         "spent and training stops when it is spent (--epochs is then an upper bound); "
                                         "single process only")
     a("--no-amp", action="store_true", help="no bf16 autocast on CUDA (it is always off on CPU)")
+    a = group("optim", "recipe: augmentation, regularisation, distillation (on the device; default: crop and flip)")
+    a("--recipe", choices=list(RECIPES), help="a preset: AugReg's none, light1, ..., strong2, or DeiT's deit; the "
+                                              "flags below and above override its values")
+    a("--randaug", metavar="N,M[,STD]", help="RandAugment: N ops per image, magnitude M of 10 (timm's rand-mM; "
+                                             "torchvision's bin 3M of 31), per-image magnitude std STD (default 0)")
+    a("--mixup", type=float, metavar="A", help="mixup Beta(A, A) on each batch (0: off)")
+    a("--cutmix", type=float, metavar="A", help="cutmix Beta(A, A) on each batch (0: off)")
+    a("--mix-prob", type=float, help=f"share of batches mixed (default {MIX_DEFAULTS['mix_prob']})")
+    a("--switch-prob", type=float, help=f"with --mixup and --cutmix: share of mixed batches that use cutmix "
+                                        f"(default {MIX_DEFAULTS['switch_prob']})")
+    a("--random-erasing", type=float, metavar="P", help="erase one random box per image with probability P")
+    a("--repeated-aug", type=int, metavar="K", help="DeiT's repeated augmentation: each image K times per epoch")
+    a("--ema", type=float, metavar="DECAY", help="also keep an exponential moving average of the weights; evaluated "
+                                                 "and saved beside them")
+    a("--teacher", metavar="RUN_DIR", help="distil from this finished run of this lab (its own architecture, "
+                                           "normalisation and image size)")
+    a("--distill", choices=["soft", "hard", "token"], help="with --teacher: soft (KL on tau-softened logits), hard "
+                                                           "(the teacher's argmax), token (DeiT's distillation token)")
+    a("--distill-alpha", type=float,
+      help=f"weight of the distillation term (default {DISTILL_DEFAULTS['distill_alpha']})")
+    a("--distill-tau", type=float, help=f"--distill soft: temperature (default {DISTILL_DEFAULTS['distill_tau']})")
     a = group("run", "run (where and how; not what is trained)")
     a("--seed", type=int, default=0, help="seeds the model, the batch order and the data subset")
     a("--data-dir", default="data", help="folder holding cifar-10-batches-py / cifar-100-python (default: data)")
@@ -143,6 +171,13 @@ def resolve_config(args, sections, world=1):
     """The run's config, resolved once from the command line and never changed afterwards: a model, a data, an
     optim and a run section, each holding only what applies; ValueError naming the flag for a bad value."""
     given = {s: {k: getattr(args, k) for k in keys} for s, keys in sections.items()}
+    if given["optim"]["recipe"]:
+        given = with_recipe(given)
+    if given["optim"]["distill"] == "token":  # the distillation token is part of the model
+        if given["model"]["arch"] in RESNET_PRESETS:
+            raise ValueError(f"--distill token adds a token to a ViT, not to --arch {given['model']['arch']}; "
+                             "use soft or hard")
+        given["model"] = dict(given["model"], distill_token=True)
     model = model_config(given["model"])
     data = data_config(given["data"])
     optim = optim_config(given["optim"], model["arch"], world, finetune="init" in model or "pretrained" in model)
@@ -157,6 +192,80 @@ def resolve_config(args, sections, world=1):
     return dict(model=model, data=data, optim=optim, run=run)
 
 
+def with_recipe(given):
+    """The flags given, with the --recipe preset's values filled in where a flag was not given (model keys for
+    ViTs only, an AugReg weight decay for AdamW only, DeiT's lr scaled to the batch size)."""
+    arch, optim = given["model"]["arch"], given["optim"]
+    preset = dict(RECIPES[optim["recipe"]])
+    if "lr_per_512" in preset:  # DeiT's linear scaling rule
+        preset["lr"] = preset.pop("lr_per_512") * optim["batch_size"] / 512
+    opt = optim["opt"] or preset.get("opt") or ("sgd" if arch in RESNET_PRESETS or given["model"]["init"]
+                                                or given["model"]["pretrained"] else "adamw")
+    if opt != "adamw" and "opt" not in preset:
+        preset.pop("weight_decay")
+    out = {section: dict(values) for section, values in given.items()}
+    for key, value in preset.items():
+        section = "model" if key in ("dropout", "drop_path") else "optim"
+        if section == "model" and arch in RESNET_PRESETS:
+            continue
+        if out[section].get(key) is None:
+            out[section][key] = value
+    return out
+
+
+def recipe_config(optim):
+    """The recipe keys of an optim section checked and kept only where they act (RandAugment as [N, M, STD], the
+    mixing probabilities only with mixing, DeiT's distillation defaults); ValueError naming the flag."""
+    if isinstance(optim.get("randaug"), str):
+        try:
+            values = [float(v) for v in optim["randaug"].split(",")]
+            assert len(values) in (2, 3) and values[0] == int(values[0])
+        except (ValueError, AssertionError):
+            raise ValueError(f"--randaug '{optim['randaug']}' is not N,M or N,M,STD (e.g. 2,9 or 2,9,0.5)")
+        optim["randaug"] = [int(values[0]), values[1], values[2] if len(values) == 3 else 0.0]
+    if "randaug" in optim:
+        n, m, std = optim["randaug"]
+        if not (0 <= n <= 10 and 0 <= m <= 30 and std >= 0):
+            raise ValueError(f"--randaug {n},{m:g},{std:g}: N must be in 0-10, M in [0, 30], STD at least 0")
+        if n == 0:
+            del optim["randaug"]
+    for key, high in (("mixup", math.inf), ("cutmix", math.inf), ("random_erasing", 1)):
+        if not 0 <= optim.get(key, 0) <= high:
+            raise ValueError(f"{option_flag(key)} {optim[key]} is outside [0, {high}]")
+        if optim.get(key) == 0:
+            del optim[key]
+    mixing = [k for k in ("mixup", "cutmix") if k in optim]
+    for key, default in MIX_DEFAULTS.items():
+        applies = len(mixing) == 2 if key == "switch_prob" else bool(mixing)
+        if not applies and key in optim:
+            raise ValueError(f"{option_flag(key)} only applies with {'both ' if key == 'switch_prob' else ''}"
+                             f"--mixup {'and' if key == 'switch_prob' else 'or'} --cutmix above 0")
+        if applies:
+            optim.setdefault(key, default)
+            if not 0 <= optim[key] <= 1:
+                raise ValueError(f"{option_flag(key)} {optim[key]} is outside [0, 1]")
+    if optim.get("repeated_aug", 1) < 1:
+        raise ValueError(f"--repeated-aug {optim['repeated_aug']} must be at least 1")
+    if optim.get("repeated_aug") == 1:
+        del optim["repeated_aug"]
+    if not 0 < optim.get("ema", 0.5) < 1:
+        raise ValueError(f"--ema {optim['ema']} is outside (0, 1)")
+    if ("teacher" in optim) != ("distill" in optim):
+        raise ValueError("--teacher RUN_DIR and --distill soft|hard|token go together")
+    if "distill_alpha" in optim and "distill" not in optim:
+        raise ValueError("--distill-alpha only applies with --distill")
+    if "distill_tau" in optim and optim.get("distill") != "soft":
+        raise ValueError("--distill-tau only applies to --distill soft")
+    if "distill" in optim:
+        optim.setdefault("distill_alpha", DISTILL_DEFAULTS["distill_alpha"])
+        if optim["distill"] == "soft":
+            optim.setdefault("distill_tau", DISTILL_DEFAULTS["distill_tau"])
+        if not 0 <= optim["distill_alpha"] <= 1 or optim.get("distill_tau", 1) <= 0:
+            raise ValueError(f"--distill-alpha {optim['distill_alpha']} must be in [0, 1] and --distill-tau "
+                             f"{optim.get('distill_tau')} positive")
+    return optim
+
+
 def optim_config(given, arch, world, finetune=False):
     """The optim section: the optimiser's defaults (fine-tuning's when finetune) under the flags given, amp for
     --no-amp; ValueError if bad."""
@@ -167,6 +276,9 @@ def optim_config(given, arch, world, finetune=False):
     defaults = (FINETUNE if finetune else OPTIMIZERS)[opt]
     optim = dict(epochs=given.pop("epochs"), batch_size=given.pop("batch_size"), opt=opt, **defaults)
     optim |= {k: v for k, v in given.items() if k != "no_amp"}
+    optim = recipe_config(optim)
+    for key, value in OPTIM_DEFAULTS.items():
+        optim.setdefault(key, value)
     optim.setdefault("warmup_epochs", min(FINETUNE_WARMUP_EPOCHS if finetune else 5.0, optim["epochs"] / 10))
     if "layer_decay" in optim:
         if arch in RESNET_PRESETS:
@@ -225,10 +337,25 @@ def start_tag(model, data, optim):
     return tag + (f"-{data['img_size']}px" if "img_size" in data else "")
 
 
+def recipe_tag(optim):
+    """The recipe in a run name: -<preset> for --recipe, else the augmentation flags given (-ra2m9, -mixup0.8,
+    -cutmix1, -re0.25, -rep3, -ema), then -kd<soft|hard|token> for distillation."""
+    if "recipe" in optim:
+        tag = f"-{optim['recipe']}"
+    else:
+        n, m, std = optim.get("randaug", (0, 0, 0))
+        tag = f"-ra{n}m{m:g}" + (f"s{std:g}" if std else "") if n else ""
+        tag += "".join(f"-{short}{optim[k]:g}" for k, short in (("mixup", "mixup"), ("cutmix", "cutmix"),
+                                                              ("random_erasing", "re"), ("repeated_aug", "rep"))
+                       if k in optim)
+        tag += "-ema" if "ema" in optim else ""
+    return tag + (f"-kd{optim['distill']}" if "distill" in optim else "")
+
+
 def default_out(model, data, optim, seed):
-    """runs/<arch>[<attention>][<start>][-t<budget>s]-<regime>[<its parameter>]-<dataset>[-c<classes>]-s<seed>:
-    distinct across a sweep."""
-    arch = model["arch"] + attention_tag(model) + start_tag(model, data, optim)
+    """runs/<arch>[<attention>][<start>][<recipe>][-t<budget>s]-<regime>[<its parameter>]-<dataset>[-c<classes>]
+    -s<seed>: distinct across a sweep."""
+    arch = model["arch"] + attention_tag(model) + start_tag(model, data, optim) + recipe_tag(optim)
     arch += f"-t{optim['time_budget']:g}s" if "time_budget" in optim else ""
     regime = data["regime"]
     if regime == "sparse":
@@ -279,6 +406,15 @@ def lr_at(progress, warmup, peak):
     if progress < warmup:
         return peak * progress / warmup
     return peak * 0.5 * (1 + math.cos(math.pi * min(1.0, (progress - warmup) / max(1e-12, 1 - warmup))))
+
+
+def set_lr(optimizer, progress, optim):
+    """Set every group's lr for `progress` of training done (its lr_scale: --layer-decay; none before it), and
+    return the schedule's lr."""
+    lr = lr_at(progress, optim["warmup_epochs"] / optim["epochs"], optim["lr"])
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group.get("lr_scale", 1.0)
+    return lr
 
 
 def layer_lr_scale(name, depth, decay):
@@ -333,57 +469,129 @@ def freeze_backbone(model):
         p.requires_grad_(True)
 
 
-def make_loss(cfg):
-    """The training loss, built once: loss(outputs, targets, images) -> scalar. Label-smoothed cross-entropy; soft
-    targets or a teacher (which needs the images) plug in here without touching the training loop."""
-    smoothing = cfg["optim"]["label_smoothing"]
+def soft_target_cross_entropy(logits, targets):
+    """Cross-entropy against soft targets (rows summing to one: mixed, label smoothing folded in), batch mean."""
+    return torch.sum(-targets * F.log_softmax(logits, -1), -1).mean()
+
+
+def soft_distillation(student, teacher, tau):
+    """DeiT's soft term: tau^2 KL(softmax(teacher / tau) || softmax(student / tau)), the KL summed over the batch
+    and the classes and divided by batch x classes, as DeiT's code does (PyTorch's 'batchmean' is C times this)."""
+    kl = F.kl_div(F.log_softmax(student / tau, 1), F.log_softmax(teacher / tau, 1), reduction="sum", log_target=True)
+    return kl * tau * tau / student.numel()
+
+
+def distill_loss(outputs, targets, teacher_logits, optim):
+    """The training loss of a student: (1 - alpha) * its base loss + alpha * the distillation term (soft: the
+    tau-softened KL; hard: cross-entropy against the teacher's argmax; token: that, on the distillation head)."""
+    base = lambda logits: (soft_target_cross_entropy(logits.float(), targets) if targets.ndim == 2 else
+                           F.cross_entropy(logits.float(), targets, label_smoothing=optim["label_smoothing"]))
+    mode, alpha = optim.get("distill"), optim.get("distill_alpha", 0.0)
+    if mode is None:
+        return base(outputs)
+    student, distilled = outputs if mode == "token" else (outputs, outputs)  # token: the cls head, the dist head
+    if mode == "soft":
+        term = soft_distillation(distilled.float(), teacher_logits, optim["distill_tau"])
+    else:  # DeiT's hard label: the teacher's argmax, no smoothing
+        term = F.cross_entropy(distilled.float(), teacher_logits.argmax(1))
+    return (1 - alpha) * base(student) + alpha * term
+
+
+def teacher_logits(teacher, source, data, device, amp):
+    """--teacher: a function of the student's standardised batch (at the data's size, after augmentation and mixing)
+    giving the teacher's float32 logits of the same pixels, standardised as its data was and at its input size."""
+    to_pixels = [torch.tensor(data[k], device=device).view(1, -1, 1, 1) for k in ("mean", "std")]
+    norm = source["recorded"]["normalization"]
+    to_teacher = [torch.tensor(norm[k], device=device).view(1, -1, 1, 1) for k in ("mean", "std")]
+    size, mode = source["recorded"]["input_size"], source["data"].get("resize", "bilinear")
+
+    @torch.no_grad()
+    def logits(images):
+        x = ((images * to_pixels[1] + to_pixels[0]) - to_teacher[0]) / to_teacher[1]
+        with autocast(device, amp):
+            return teacher(resize(x, size, mode)).float()
+    return logits
+
+
+def recipe_of(optim):
+    """The augmentation keys of an optim section that act (augment.recipe_batch's recipe), or None: crop and flip."""
+    return {k: optim[k] for k in RECIPE_KEYS if k in optim} or None
+
+
+def make_loss(cfg, teacher=None):
+    """The training loss, built once: loss(outputs, targets, images) -> scalar, images being the student's
+    standardised batch (the teacher's input). Label-smoothed cross-entropy, soft targets when mixed, distillation."""
+    optim = cfg["optim"]
 
     def loss(outputs, targets, images):
-        return F.cross_entropy(outputs.float(), targets, label_smoothing=smoothing)
+        return distill_loss(outputs, targets, teacher(images) if teacher else None, optim)
     return loss
 
 
 # ----------------------------------------------------------------------------- training
 
-def train_one_epoch(model, optimizer, loss_fn, train, epoch, clock, cfg, rank, world):
+def epoch_draws(train, epoch, cfg, world):
+    """The epoch's order and crop/flip draws and the recipe's (or None), made on the CPU from (seed, epoch) and put
+    on the device in one copy each; the RandAugment ops (grouped on the host) and the per-batch mixing draws stay
+    on the CPU."""
+    x, seed, recipe = train["x"], cfg["run"]["seed"], train["recipe"]
+    perm, shifts, flips = (t.to(x.device) for t in epoch_plan(len(x), epoch, seed, world,
+                                                               repeats=cfg["optim"].get("repeated_aug", 1)))
+    draws = recipe and recipe_draws(len(perm), train["batches"], recipe, x.shape[2], x.shape[3], seed, epoch)
+    draws = recipe and {k: v.to(x.device) if k in ("levels", "boxes") else v for k, v in draws.items()}
+    return perm, shifts, flips, draws
+
+
+def training_batch(train, plan, part, i, optim):
+    """Global batch i's share `part`: gathered by index from the uint8 set on the device, cropped and flipped there,
+    then the recipe (RandAugment, standardising, erasing, mixing) or just standardised -> (float images at the
+    data's size, targets: labels, or soft targets when mixed)."""
+    perm, shifts, flips, draws = plan
+    idx = perm[part]
+    images, labels = augment(train["x"][idx], shifts[part], flips[part]), train["y"][idx]
+    if train["recipe"] is None:
+        return normalize(images, train["mean"], train["std"]), labels
+    return recipe_batch(images, labels, draws, part, i, train["recipe"], train["mean"], train["std"],
+                        train["classes"], optim["label_smoothing"])
+
+
+def train_one_epoch(net, train, epoch, clock, cfg, rank, world):
     """One epoch of optimizer steps, this process taking its share of each global batch; returns the epoch's lr,
     train loss and accuracy, images/s and whether the time budget ran out. Advances clock (step seconds, steps)."""
     optim, run = cfg["optim"], cfg["run"]
-    x, y, mean, std = train["x"], train["y"], train["mean"], train["std"]
-    device, budget = x.device, optim.get("time_budget")
+    model, optimizer = net["ddp_model"], net["optimizer"]
+    device, budget = train["x"].device, optim.get("time_budget")
     total_steps = optim["epochs"] * len(train["batches"])
-    # Dropout and drop-path draw from the global generator: seeded per epoch (and rank), an epoch is resumable.
+    # Dropout, drop-path and the erasing noise draw from the global generator, seeded per epoch (and rank).
     torch.manual_seed(run["seed"] * 1000003 + epoch * 101 + rank)
     set_train_mode(model, optim)
     t0 = time.time()
     totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, count: read once per epoch
-    # The epoch's order and crop/flip draws, made on the CPU from (seed, epoch), reach the device in one copy.
-    perm, shifts, flips = (t.to(device) for t in epoch_plan(len(x), epoch, run["seed"], world))
+    plan = epoch_draws(train, epoch, cfg, world)
     bar = tqdm(train["batches"], desc=f"epoch {epoch + 1}/{optim['epochs']}", disable=not train["show_bar"],
                leave=False)
     out_of_time = False
     for i, part in enumerate(bar):
         # Where training is sets the lr: the share of all steps done, or of the time budget spent.
         step_seconds = clock["train_step_seconds"] + time.time() - t0
-        done = step_seconds / budget if budget else (epoch * len(train["batches"]) + i + 1) / total_steps
-        lr = lr_at(done, optim["warmup_epochs"] / optim["epochs"], optim["lr"])
-        for group in optimizer.param_groups:
-            group["lr"] = lr * group.get("lr_scale", 1.0)  # lr_scale: --layer-decay (checkpoints before it: none)
-        # The batch: gathered by index from the uint8 set on the device, cropped, flipped, standardised there.
-        idx = perm[part]
-        images = normalize(augment(x[idx], shifts[part], flips[part]), mean, std, train["size"], train["resize"])
-        targets = y[idx]
+        lr = set_lr(optimizer, step_seconds / budget if budget else (epoch * len(train["batches"]) + i + 1) /
+                    total_steps, optim)
+        images, targets = training_batch(train, plan, part, i, optim)  # standardised, at the data's size
         with autocast(device, optim["amp"]):  # bf16 matmuls on CUDA; the loss is taken in float32
-            outputs = model(images)
-        loss = loss_fn(outputs, targets, images)
+            outputs = model(resize(images, train["size"], train["resize"]))
+        loss = net["loss"](outputs, targets, images)  # a teacher sees the same batch, at its own size
         optimizer.zero_grad(set_to_none=True)
         loss.backward()  # under DDP this also averages the gradients over the processes
         if optim["grad_clip"] > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), optim["grad_clip"])
         optimizer.step()
-        # Summed on the device: reading a number back (.item()) would wait for the GPU at every step.
+        if net["ema"] is not None:
+            ema_update(net["ema_pairs"], optim["ema"])
+        # Summed on the device: reading a number back (.item()) would wait for the GPU at every step. Mixed
+        # targets count as their dominant label; a distillation token's two heads as their mean.
+        logits = (outputs[0] + outputs[1]) / 2 if isinstance(outputs, tuple) else outputs
         totals[0] += loss.detach() * len(targets)
-        totals[1] += (outputs.argmax(1) == targets).sum()
+        totals[1] += (logits.argmax(1) == (targets.argmax(1) if targets.ndim == 2 else targets)).sum()
         totals[2] += len(targets)
         clock["steps"] += 1
         if train["show_bar"] and i % 20 == 0:  # the one read-back, every 20 steps and only with a bar
@@ -405,37 +613,39 @@ def train_one_epoch(model, optimizer, loss_fn, train, epoch, clock, cfg, rank, w
     return stats, out_of_time
 
 
-def run_epochs(model, ddp_model, optimizer, data, start, history, clock, cfg, device, rank, world):
-    """Train from epoch `start` to the end (or the time budget), validating, logging and checkpointing after every
-    epoch; the metrics history grows by a row per epoch."""
-    out = cfg["run"]["out"]
+def run_epochs(net, data, start, history, clock, cfg, device, rank, world):
+    """Train from epoch `start` to the end (or the time budget), validating (the EMA weights too), logging and
+    checkpointing after every epoch; the metrics history grows by a row per epoch."""
+    out, model, amp = cfg["run"]["out"], net["model"], cfg["optim"]["amp"]
     x_train, n_train = data["x_train"].to(device), len(data["x_train"])
     show_bar = rank == 0 and {"on": True, "off": False, "auto": sys.stderr.isatty()}[cfg["run"]["progress"]]
     train = dict(x=x_train, y=data["y_train"].to(device), show_bar=show_bar, size=data["input_size"],
-                 resize=data["resize"],
+                 resize=data["resize"], recipe=recipe_of(cfg["optim"]), classes=data["num_classes"],
                  mean=torch.tensor(data["mean"], device=device), std=torch.tensor(data["std"], device=device),
                  batches=rank_batches(n_train - n_train % world, cfg["optim"]["batch_size"], rank, world))
-    loss_fn = make_loss(cfg)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     for epoch in range(start, cfg["optim"]["epochs"]):
         t0 = time.time()
-        stats, out_of_time = train_one_epoch(ddp_model, optimizer, loss_fn, train, epoch, clock, cfg, rank, world)
+        stats, out_of_time = train_one_epoch(net, train, epoch, clock, cfg, rank, world)
         if device.type == "cuda":
             peak = torch.cuda.max_memory_allocated(device) / 2 ** 20
             clock["peak_memory_mb"] = max(clock["peak_memory_mb"] or 0, peak)
-        val_loss, val_acc = evaluate_split(model, data["x_val"], data["y_val"], data, device, cfg["optim"]["amp"],
-                                           rank, world)
+        val_loss, val_acc = evaluate_split(model, data["x_val"], data["y_val"], data, device, amp, rank, world)
+        ema_val = {}
+        if net["ema"] is not None:  # the averaged weights, validated beside the raw ones
+            ema_loss, ema_acc = evaluate_split(net["ema"], data["x_val"], data["y_val"], data, device, amp, rank, world)
+            ema_val = dict(ema_val_loss=ema_loss, ema_val_acc=ema_acc)
         clock["elapsed"] += time.time() - t0
         history.append(dict(epoch=epoch + 1, time_s=clock["elapsed"], lr=stats["lr"], train_loss=stats["train_loss"],
                             train_acc=stats["train_acc"], val_loss=val_loss, val_acc=val_acc,
-                            images_per_s=stats["images_per_s"]))
+                            images_per_s=stats["images_per_s"], **ema_val))
         if rank == 0:
             write_jsonl(os.path.join(out, "metrics.jsonl"), history)
             save_checkpoint(os.path.join(out, "checkpoint.pt"), dict(
-                model=model.state_dict(), optimizer=optimizer.state_dict(), epoch=epoch + 1, history=history,
+                model=model.state_dict(), optimizer=net["optimizer"].state_dict(), epoch=epoch + 1, history=history,
                 elapsed=clock["elapsed"], train_step_seconds=clock["train_step_seconds"],
-                peak_memory_mb=clock["peak_memory_mb"]))
+                peak_memory_mb=clock["peak_memory_mb"], **({"ema": net["ema"].state_dict()} if net["ema"] else {})))
             val_text = f"val_loss {val_loss:.4f} val_acc {val_acc:.4f}" if val_acc is not None else "no validation set"
             print(f"epoch {epoch + 1}/{cfg['optim']['epochs']} train_loss {stats['train_loss']:.4f} train_acc "
                   f"{stats['train_acc']:.4f} {val_text} {stats['images_per_s']:.0f} img/s {clock['elapsed']:.1f}s",
@@ -478,10 +688,7 @@ def start_from(cfg, model, data):
 def start_accuracy(model, data, device, amp):
     """Validation loss and accuracy and test accuracy of a model as it is (the starting weights of a transfer)."""
     val_loss, val_acc = evaluate_split(model, data["x_val"], data["y_val"], data, device, amp)
-    logits, _ = predict(model, data["x_test"], data["y_test"], data["mean"], data["std"], device, amp,
-                        size=data["input_size"], resize=data["resize"])
-    test_acc = (logits.argmax(1).cpu() == data["y_test"]).double().mean().item()
-    return dict(val_loss=val_loss, val_acc=val_acc, test_acc=test_acc)
+    return dict(val_loss=val_loss, val_acc=val_acc, test_acc=test_metrics(model, data, device, amp)["test_acc"])
 
 
 def start_line(cfg, started):
@@ -495,6 +702,65 @@ def start_line(cfg, started):
     val = f"val_acc {before['val_acc']:.4f} " if before["val_acc"] is not None else ""
     return (f"started from {started['source']}: {'; '.join(what)}; before training {val}"
             f"test_acc {before['test_acc']:.4f}")
+
+
+def build_net(cfg, model, data, device):
+    """What trains and what helps it: the model, its optimizer, the EMA copy (or None) and the loss (with the
+    teacher's logits inside for --teacher); ddp_model is the model until torchrun wraps it. Also the teacher's
+    record for config.json (or None)."""
+    teacher, teacher_record = None, None
+    if "teacher" in cfg["optim"]:
+        teacher_model, source, teacher_record = load_teacher(cfg, device)
+        teacher = teacher_logits(teacher_model, source, data, device, cfg["optim"]["amp"])
+    ema = copy.deepcopy(model).requires_grad_(False).eval() if "ema" in cfg["optim"] else None
+    net = dict(model=model, ddp_model=model, optimizer=make_optimizer(model, cfg["optim"]), ema=ema,
+               ema_pairs=ema and ema_pairs(ema, model), loss=make_loss(cfg, teacher))
+    return net, teacher_record
+
+
+def resume(cfg, net, device, clock):
+    """--resume: the checkpoint's states loaded into the model, optimizer and EMA; (start epoch, history) and
+    the clocks put into `clock`."""
+    ckpt = load_checkpoint(os.path.join(cfg["run"]["out"], "checkpoint.pt"), device, net["model"], net["optimizer"])
+    if net["ema"] is not None:
+        net["ema"].load_state_dict(ckpt["ema"])
+    clock |= {k: ckpt[k] for k in ("elapsed", "train_step_seconds", "peak_memory_mb")}
+    return ckpt["epoch"], ckpt["history"]  # the rest of ckpt goes now: a second copy would stay on the device
+
+
+def open_run_folder(cfg, recorded, start, device):
+    """Rank 0: a new run's config.json, with what the launch recorded (the old run's files removed for
+    --overwrite); a resume's launch logged in its config.json."""
+    out = cfg["run"]["out"]
+    if cfg["run"]["resume"]:  # config.json keeps describing the first launch; each resume is logged beside it
+        config = read_config(out)
+        config.setdefault("resumes", []).append(dict(epoch=start, device=device_name(device), git_commit=git_commit(),
+                                                     command=" ".join(sys.argv)))
+        write_json(os.path.join(out, "config.json"), config)
+        return
+    os.makedirs(out, exist_ok=True)
+    for name in ("final.json", "metrics.jsonl", "checkpoint.pt"):  # --overwrite: the old run goes now
+        if os.path.exists(os.path.join(out, name)):
+            os.remove(os.path.join(out, name))
+    write_json(os.path.join(out, "config.json"), dict(cfg, recorded=recorded))
+
+
+def finish_run(cfg, net, data, device, history, clock):
+    """Rank 0, after the last epoch: the test metrics of the model (and of its EMA) into final.json, a summary."""
+    amp, model = cfg["optim"]["amp"], net["model"]
+    final = final_metrics(model, data, device, amp, history, cfg["run"]["thresholds"])
+    if net["ema"] is not None:
+        final["ema"] = {k: v for k, v in test_metrics(net["ema"], data, device, amp).items()
+                        if k in ("test_acc", "test_top5", "macro_f1")}
+    final |= dict(peak_memory_mb=clock["peak_memory_mb"], train_time_s=clock["elapsed"],
+                  train_step_time_s=clock["train_step_seconds"], epochs=len(history))
+    write_json(os.path.join(cfg["run"]["out"], "final.json"), final)
+    summary = f"test_acc {final['test_acc']:.4f} top5 {final['test_top5']:.4f} macro_f1 {final['macro_f1']:.4f}"
+    for key, text in (("head_test_acc", "heads cls {cls:.4f} dist {dist:.4f}"), ("ema", "ema {test_acc:.4f}")):
+        summary += f" {text.format(**final[key])}" if key in final else ""
+    if "corruption_mean" in final:
+        summary += f" corruption_mean {final['corruption_mean']:.4f}"
+    print(f"{cfg['run']['out']}: {summary}", flush=True)
 
 
 def main(argv=None):
@@ -515,19 +781,15 @@ def main(argv=None):
         if len(data["x_train"]) < world:
             raise ValueError(f"the training set has {len(data['x_train'])} images, fewer than the {world} processes")
         started = start_from(cfg, model, data)
-        optimizer = make_optimizer(model, cfg["optim"])
+        net, teacher = build_net(cfg, model, data, device)
         start, history = 0, []
-        out = cfg["run"]["out"]
         clock = dict(elapsed=0.0, train_step_seconds=0.0, peak_memory_mb=None, steps=0)  # steps: of this launch
         if cfg["run"]["resume"]:
-            ckpt = load_checkpoint(os.path.join(out, "checkpoint.pt"), device, model, optimizer)
-            start, history = ckpt["epoch"], ckpt["history"]
-            clock |= {k: ckpt[k] for k in ("elapsed", "train_step_seconds", "peak_memory_mb")}
-            del ckpt  # its tensors are in the model and optimizer now; a second copy would stay on the device
+            start, history = resume(cfg, net, device, clock)
     except ValueError as e:
         fail(e, "train.py")
 
-    recorded = record(cfg, data, model, backend, device, world)
+    recorded = record(cfg, data, model, backend, device, world) | ({"teacher": teacher} if teacher else {})
     if started is not None and rank == 0:  # the accuracy of the starting weights, before any training step
         started["before"] = start_accuracy(model, data, device, cfg["optim"]["amp"])
         recorded["init"] = started
@@ -538,37 +800,17 @@ def main(argv=None):
             torch.cuda.set_device(device)
             # Per-process BatchNorm statistics would differ from the 1-GPU run. The converted model keeps the same
             # parameter tensors, so the optimizer built above still holds them.
-            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    if cfg["run"]["resume"]:
-        if rank == 0:  # config.json keeps describing the first launch; each resume is logged beside it
-            config = read_config(out)
-            config.setdefault("resumes", []).append(dict(epoch=start, device=device_name(device),
-                                                         git_commit=git_commit(), command=" ".join(sys.argv)))
-            write_json(os.path.join(out, "config.json"), config)
-    elif rank == 0:
-        os.makedirs(out, exist_ok=True)
-        for name in ("final.json", "metrics.jsonl", "checkpoint.pt"):  # --overwrite: the old run goes now
-            if os.path.exists(os.path.join(out, name)):
-                os.remove(os.path.join(out, name))
-        write_json(os.path.join(out, "config.json"), dict(cfg, recorded=recorded))
-
-    ddp_model = model
-    if world > 1:
-        ddp_model = torch.nn.parallel.DistributedDataParallel(
+            net["model"] = model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        net["ddp_model"] = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
-    run_epochs(model, ddp_model, optimizer, data, start, history, clock, cfg, device, rank, world)
+    if rank == 0:
+        open_run_folder(cfg, recorded, start, device)
+    run_epochs(net, data, start, history, clock, cfg, device, rank, world)
     if world > 1:  # the final evaluation runs on rank 0 alone: no collective may wait on it
         dist.barrier()
         dist.destroy_process_group()
     if rank == 0:
-        final = final_metrics(model, data, device, cfg["optim"]["amp"], history, cfg["run"]["thresholds"])
-        final |= dict(peak_memory_mb=clock["peak_memory_mb"], train_time_s=clock["elapsed"],
-                      train_step_time_s=clock["train_step_seconds"], epochs=len(history))
-        write_json(os.path.join(out, "final.json"), final)
-        summary = f"test_acc {final['test_acc']:.4f} top5 {final['test_top5']:.4f} macro_f1 {final['macro_f1']:.4f}"
-        if "corruption_mean" in final:
-            summary += f" corruption_mean {final['corruption_mean']:.4f}"
-        print(f"{out}: {summary}", flush=True)
+        finish_run(cfg, net, data, device, history, clock)
     return 0
 
 

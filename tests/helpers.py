@@ -2,6 +2,7 @@
 import json
 import os
 import pickle
+import struct
 
 import numpy as np
 import torch
@@ -15,6 +16,19 @@ TINY_VIT = ["--arch", "vit", "--depth", "2", "--dim", "64", "--heads", "4", "--l
 TINY_RESNET = ["--arch", "resnet18-shallow", "--stages", "1"]
 TINY_DATA = ["--dataset", "synthetic", "--synthetic-size", "16", "--synthetic-per-class", "60",
              "--batch-size", "32", "--warmup-epochs", "1", "--device", "cpu"]
+
+
+class Py2Pickler(pickle._Pickler):
+    """Writes bytes as Python 2 str opcodes, as in the official CIFAR files: pickle.load with encoding='bytes' (our
+    reader) gives b'data' keys and with encoding='latin1' (torchvision's CIFAR10) 'data' keys."""
+    dispatch = pickle._Pickler.dispatch.copy()
+
+    def save_bytes(self, obj):
+        n = len(obj)
+        self.write((pickle.SHORT_BINSTRING + bytes([n]) if n < 256 else pickle.BINSTRING + struct.pack("<i", n)) + obj)
+        self.memoize(obj)
+
+    dispatch[bytes] = save_bytes
 
 
 def write_cifar_folder(root, name, train_per_class, test_per_class, seed=0):
@@ -42,9 +56,9 @@ def write_cifar_folder(root, name, train_per_class, test_per_class, seed=0):
         meta = ("meta", {b"fine_label_names": [f"c{i}".encode() for i in range(100)]})
     for fname, (x, y) in files.items():
         with open(os.path.join(folder, fname), "wb") as f:
-            pickle.dump({b"data": x, key: y, b"batch_label": fname.encode()}, f)
+            Py2Pickler(f, protocol=2).dump({b"data": x, key: y, b"batch_label": fname.encode()})
     with open(os.path.join(folder, meta[0]), "wb") as f:
-        pickle.dump(meta[1], f)
+        Py2Pickler(f, protocol=2).dump(meta[1])
     return x_train.reshape(-1, 3, 32, 32), np.array(y_train)
 
 

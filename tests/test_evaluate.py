@@ -177,3 +177,21 @@ def test_evaluate_cli_refuses_old_and_foreign_configs_in_one_line(vit_run, tmp_p
         err = capsys.readouterr().err.strip()
         assert e.value.code == 2 and len(err.splitlines()) == 1 and err.startswith("evaluate.py: error: ")
         assert message in err
+
+
+def test_bench_data_times_both_pipelines_for_each_recipe(tmp_path):
+    from helpers import write_cifar_folder
+    write_cifar_folder(tmp_path, "cifar10", 4, 1)
+    out = tmp_path / "bench.json"
+    assert evaluate.main(["bench-data", "--data-dir", str(tmp_path), "--recipes", "none,deit", "--batches", "2",
+                          "--warmup", "1", "--batch-size", "8", "--workers", "0", "--out", str(out)]) == 0
+    report = json.load(open(out))
+    assert report["benchmark"] == "data" and report["settings"]["recipes"]["none"] == {}
+    assert report["settings"]["recipes"]["deit"]["randaug"] == [2, 9.0, 0.5]
+    rows = {(r["pipeline"], r["recipe"]): r for r in report["results"]}
+    assert set(rows) == {(p, r) for p in ("ours", "torchvision") for r in ("none", "deit")}
+    for r in rows.values():
+        assert r["images_per_s"] == pytest.approx(2 * 8 / r["seconds"])
+    for name in ("none", "deit"):
+        ratio = rows["ours", name]["images_per_s"] / rows["torchvision", name]["images_per_s"]
+        assert report["ratios"][name] == pytest.approx(ratio)

@@ -80,10 +80,11 @@ def test_flops_match_hand_count_for_the_tiny_vit(vit_run):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("extra", [[], ["--attention", "performer", "--redraw-interval", "5"]],
-                         ids=["full", "performer"])
+@pytest.mark.parametrize("extra", [[], ["--attention", "performer", "--redraw-interval", "5"],
+                                   ["--recipe", "deit", "--ema", "0.9"]], ids=["full", "performer", "deit-recipe"])
 def test_interrupted_run_resumes_to_the_same_result(tmp_path, extra):
-    # The performer's features and redraw count come back from the checkpoint, so it resumes exactly too.
+    # The performer's features and redraw count come back from the checkpoint, so it resumes exactly too; so do
+    # a recipe's draws (RandAugment, erasing, mixing, repeated augmentation) and the EMA weights.
     args = [*TINY_VIT, *TINY_DATA, "--epochs", "3", "--dropout", "0.1", *extra]
     _, full_rows, full_final = run_train(tmp_path / "full", *args)
     cmd = [sys.executable, os.path.join(ROOT, "train.py"), *args, "--out", str(tmp_path / "cut"), "--progress", "off"]
@@ -97,8 +98,9 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path, extra):
     _, rows, final = read_run(tmp_path / "cut")
     drop_time = lambda r: {k: v for k, v in r.items() if k not in ("time_s", "images_per_s")}
     assert [drop_time(r) for r in rows] == [drop_time(r) for r in full_rows]
-    for key in ("test_acc", "test_top5", "macro_f1", "confusion", "best_val_acc", "epochs_to"):
-        assert final[key] == full_final[key], key
+    for key in ("test_acc", "test_top5", "macro_f1", "confusion", "best_val_acc", "epochs_to", "ema"):
+        assert final.get(key) == full_final.get(key), key
+    assert ("ema" in final) == ("--ema" in extra) and ("ema_val_acc" in rows[0]) == ("--ema" in extra)
     again = subprocess.run(cmd + ["--resume"], capture_output=True, text=True)
     assert again.returncode == 0 and "already finished" in again.stdout
     cfg, _, _ = read_run(tmp_path / "cut")
@@ -116,10 +118,12 @@ def test_unreadable_checkpoint_exits_2(tmp_path, exits_2):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("extra", [[], ["--attention", "performer", "--redraw-interval", "4"]],
-                         ids=["full", "performer"])
+@pytest.mark.parametrize("extra", [[], ["--attention", "performer", "--redraw-interval", "4"],
+                                   ["--repeated-aug", "3", "--randaug", "2,9,0.5"]],
+                         ids=["full", "performer", "repeated-randaug"])
 def test_two_process_torchrun_matches_single_process(tmp_path, extra):
-    # The performer redraws its features from a seeded generator, so both processes use the single process's.
+    # The performer redraws its features from a seeded generator, so both processes use the single process's; the
+    # repeated order and every image's RandAugment draws are made for the global batch, so they are the same too.
     args = [*TINY_VIT, *TINY_DATA, "--epochs", "2", "--drop-path", "0", "--batch-size", "32", *extra]
     _, single_rows, single_final = run_train(tmp_path / "one", *args)
     env = dict(os.environ, OMP_NUM_THREADS="1")
@@ -448,7 +452,8 @@ def test_init_starts_from_exactly_the_source_runs_weights(vit_run, tmp_path, cap
     import train
     given = dict(epochs=30, batch_size=128, no_amp=False)
     assert {k: v for k, v in train.optim_config(given, "vit", 1, finetune=True).items() if k != "amp"} == dict(
-        epochs=30, batch_size=128, opt="sgd", lr=0.01, weight_decay=0.0, momentum=0.9, warmup_epochs=1.0)
+        epochs=30, batch_size=128, opt="sgd", lr=0.01, weight_decay=0.0, momentum=0.9, warmup_epochs=1.0,
+        label_smoothing=0.1, grad_clip=1.0)
     assert os.path.basename(cfg["run"]["out"]) == "same"
     # Other classes: a new head (said in the log), chance before training.
     cfg, _, final = run_train(tmp_path / "other", *VIT_SOURCE, "--epochs", "1", "--init", str(src), "--classes",
@@ -581,3 +586,162 @@ def test_init_needs_a_finished_run_and_weights_need_pretrained(tmp_path, exits_2
         [*TINY_RESNET, *TINY_DATA, "--pretrained", "imagenet", "--weights", "V2", "--out", str(tmp_path / "x")])
     assert "--layer-decay applies to ViTs, not to --arch resnet18" in exits_2(
         [*TINY_RESNET, *TINY_DATA, "--layer-decay", "0.7", "--out", str(tmp_path / "x")])
+
+
+# ----------------------------------------------------------------------------- recipes and distillation
+
+def test_distillation_losses_against_hand_computations():
+    import train
+    s = torch.tensor([[2.0, 0.0, -1.0], [0.5, 1.5, 0.0]])
+    t = torch.tensor([[0.0, 1.0, 0.0], [1.0, 3.0, -2.0]])  # teacher argmax: 1, 1
+    y = torch.tensor([0, 1])
+    optim = dict(label_smoothing=0.0, distill_alpha=0.3, distill_tau=2.0, distill="soft")
+    ce = lambda logits, labels: -sum(math.log(math.exp(r[c]) / sum(math.exp(v) for v in r))
+                                     for r, c in zip(logits.tolist(), labels)) / len(labels)
+
+    def softmax(row, tau):
+        e = [math.exp(v / tau) for v in row]
+        return [v / sum(e) for v in e]
+    kl = sum(pt * math.log(pt / ps) for rs, rt in zip(s.tolist(), t.tolist())
+             for ps, pt in zip(softmax(rs, 2.0), softmax(rt, 2.0)))
+    soft = 0.7 * ce(s, [0, 1]) + 0.3 * 4.0 * kl / 6  # DeiT's reduction: summed KL / (batch x classes)
+    assert train.distill_loss(s, y, t, optim).item() == pytest.approx(soft, rel=1e-6)
+    assert train.soft_distillation(s, t, 2.0).item() == pytest.approx(4.0 * kl / 6, rel=1e-6)
+    hard = 0.3 * ce(s, [1, 1]) + 0.7 * ce(s, [0, 1])
+    assert train.distill_loss(s, y, t, dict(optim, distill="hard")).item() == pytest.approx(hard, rel=1e-6)
+    d = torch.tensor([[0.0, 2.0, 1.0], [1.0, 0.0, 0.0]])  # the distillation head: trained on the teacher's argmax
+    token = 0.7 * ce(s, [0, 1]) + 0.3 * ce(d, [1, 1])
+    assert train.distill_loss((s, d), y, t, dict(optim, distill="token")).item() == pytest.approx(token, rel=1e-6)
+    # Soft targets (mixed, smoothing folded in): -sum(q log p), the batch mean.
+    q = torch.tensor([[0.6, 0.4, 0.0], [0.1, 0.1, 0.8]])
+    logp = torch.log_softmax(s, 1)
+    assert train.distill_loss(s, q, None, dict(label_smoothing=0.1)).item() == pytest.approx(
+        -(q * logp).sum().item() / 2, rel=1e-6)
+    smoothed = train.distill_loss(s, y, None, dict(label_smoothing=0.1)).item()
+    assert smoothed == pytest.approx(torch.nn.functional.cross_entropy(s, y, label_smoothing=0.1).item())
+    assert smoothed != pytest.approx(ce(s, [0, 1]))
+
+
+def test_distillation_token_model_has_two_heads_averaged_at_test():
+    torch.manual_seed(0)
+    m = build_model("vit", 5, 16, depth=1, dim=32, heads=4, patch_size=4, distill_token=True)
+    x = torch.randn(3, 3, 16, 16)
+    cls, dist = m.train()(x)
+    assert m.num_prefix_tokens == 2 and m.pos_embed.shape[1] == 16 + 2 and cls.shape == dist.shape == (3, 5)
+    m.eval()
+    with torch.no_grad():
+        tokens = m.norm(m.blocks[0](m.embed(x)))
+        assert torch.allclose(m(x), (m.head(tokens[:, 0]) + m.head_dist(tokens[:, 1])) / 2, atol=1e-6)
+        m.output = "dist"
+        assert torch.allclose(m(x), m.head_dist(tokens[:, 1]), atol=1e-6)
+    assert not torch.allclose(m.head.weight, m.head_dist.weight)  # two heads, not one shared
+
+
+def test_recipe_presets_resolve_to_the_documented_values():
+    import train
+    p = train.get_parser()
+    resolve = lambda *argv: train.resolve_config(p.parse_args(list(argv)), p.sections)
+    cfg = resolve("--recipe", "deit", "--batch-size", "256")
+    o, m = cfg["optim"], cfg["model"]
+    assert (o["opt"], o["lr"], o["weight_decay"], o["randaug"], o["mixup"], o["cutmix"], o["mix_prob"],
+            o["switch_prob"], o["random_erasing"], o["repeated_aug"], o["ema"], o["grad_clip"], o["label_smoothing"]) \
+        == ("adamw", 5e-4 * 256 / 512, 0.05, [2, 9.0, 0.5], 0.8, 1.0, 1.0, 0.5, 0.25, 3, 0.99996, 0.0, 0.1)
+    assert (m["drop_path"], m["dropout"]) == (0.1, 0.0) and o["recipe"] == "deit"
+    levels = {"light1": (0.0, None), "light2": (10.0, 0.2), "medium1": (15.0, 0.2), "medium2": (15.0, 0.5),
+              "strong1": (20.0, 0.5), "strong2": (20.0, 0.8)}
+    for name, (magnitude, alpha) in levels.items():
+        o, m = (cfg := resolve("--recipe", name))["optim"], cfg["model"]
+        assert o["randaug"] == [2, magnitude, 0.0] and o.get("mixup") == alpha, name
+        assert (m["dropout"], m["drop_path"], o["weight_decay"], o["label_smoothing"]) == (0.1, 0.1, 0.1, 0.0), name
+    none = resolve("--recipe", "none")
+    assert "randaug" not in none["optim"] and "mixup" not in none["optim"]
+    assert (none["model"]["dropout"], none["model"]["drop_path"]) == (0.0, 0.0)
+    # A flag overrides its preset; a ResNet keeps SGD's weight decay and has no dropout to set.
+    assert resolve("--recipe", "strong2", "--mixup", "0.3", "--drop-path", "0")["optim"]["mixup"] == 0.3
+    assert resolve("--recipe", "strong2", "--drop-path", "0")["model"]["drop_path"] == 0
+    r = resolve("--arch", "resnet18", "--recipe", "light2")
+    assert r["optim"]["weight_decay"] == 5e-4 and "dropout" not in r["model"] and r["optim"]["randaug"][1] == 10
+    # Without a recipe nothing of it appears: old configs and new ones of the default recipe stay equal.
+    plain = resolve()["optim"]
+    assert not set(plain) & {"recipe", "randaug", "mixup", "cutmix", "random_erasing", "repeated_aug", "ema"}
+    assert (plain["label_smoothing"], plain["grad_clip"]) == (0.1, 1.0)
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--randaug", "2"], "--randaug '2' is not N,M"),
+    (["--randaug", "2,40"], "M in [0, 30]"),
+    (["--mixup", "-1"], "--mixup -1.0 is outside"),
+    (["--random-erasing", "1.5"], "--random-erasing 1.5 is outside [0, 1]"),
+    (["--switch-prob", "0.5", "--mixup", "0.8"], "--switch-prob only applies with both --mixup and --cutmix"),
+    (["--mix-prob", "0.5"], "--mix-prob only applies with --mixup or --cutmix"),
+    (["--repeated-aug", "0"], "--repeated-aug 0 must be at least 1"),
+    (["--ema", "1.5"], "--ema 1.5 is outside (0, 1)"),
+    (["--distill", "soft"], "--teacher RUN_DIR and --distill soft|hard|token go together"),
+    (["--distill-tau", "2"], "--distill-alpha only applies|--distill-tau only applies"),
+    (["--teacher", "nowhere", "--distill", "hard"], "--teacher nowhere is not a finished run folder"),
+    (["--arch", "resnet18", "--teacher", "nowhere", "--distill", "token"], "--distill token adds a token to a ViT"),
+    (["--recipe", "heavy"], "invalid choice: 'heavy'"),
+])
+def test_bad_recipe_input_exits_2_with_one_line(tmp_path, exits_2, extra, message):
+    import re
+    err = exits_2([*BASE, *extra, "--out", str(tmp_path / "run")])
+    assert re.search(message.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)"), err), err
+    assert not os.path.exists(tmp_path / "run")
+
+
+@pytest.mark.slow
+def test_teacher_of_other_classes_exits_2(vit_run, tmp_path, exits_2):
+    run_dir, _ = vit_run
+    err = exits_2([*BASE, "--classes", "0-4", "--teacher", str(run_dir), "--distill", "hard",
+                   "--out", str(tmp_path / "run")])
+    assert "was trained on synthetic (10 classes), this run trains on synthetic classes 0-4 (5 classes)" in err
+    assert not os.path.exists(tmp_path / "run")
+
+
+@pytest.mark.slow
+def test_teacher_sees_the_students_batch_in_eval_mode_and_gets_no_gradient(vit_run):
+    import train
+    from data import normalize
+    from evaluate import load_teacher, predict
+    run_dir, (teacher_cfg, _, _) = vit_run
+    p = train.get_parser()
+    cfg = train.resolve_config(p.parse_args([*BASE, "--teacher", str(run_dir), "--distill", "soft"]), p.sections)
+    device = torch.device("cpu")
+    teacher, source, record = load_teacher(cfg, device)
+    assert not teacher.training and not any(q.requires_grad for q in teacher.parameters())
+    assert record["model"] == teacher_cfg["model"] and record["test_acc"] == json.load(
+        open(os.path.join(run_dir, "final.json")))["test_acc"]
+    # The student's standardisation differs from the teacher's; the teacher gets the same pixels in its own.
+    data = dict(mean=[0.3, 0.4, 0.5], std=[0.2, 0.25, 0.3])
+    logits = train.teacher_logits(teacher, source, data, device, False)
+    pixels = torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8)
+    norm = source["recorded"]["normalization"]
+    expected, _ = predict(teacher, pixels, torch.zeros(4, dtype=torch.long), norm["mean"], norm["std"], device)
+    assert torch.allclose(logits(normalize(pixels, data["mean"], data["std"])), expected, atol=1e-4)
+    student = build_model("vit", 10, 16, depth=1, dim=32, heads=4, patch_size=4)
+    images = normalize(pixels, data["mean"], data["std"]).requires_grad_(True)
+    loss = train.make_loss(cfg, logits)(student(images), torch.arange(4), images)
+    loss.backward()
+    assert all(q.grad is None for q in teacher.parameters()) and student.head.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.slow
+def test_token_distillation_reports_each_head_and_the_teacher(vit_run, tmp_path):
+    run_dir, _ = vit_run
+    out = tmp_path / "student"
+    cfg, rows, final = run_train(out, *TINY_VIT, *TINY_DATA, "--epochs", "2", "--teacher", str(run_dir),
+                                 "--distill", "token")
+    assert cfg["model"]["distill_token"] is True and cfg["optim"]["distill_alpha"] == 0.5
+    assert cfg["recorded"]["teacher"]["source"] == os.path.abspath(run_dir)
+    # final.json's numbers are the averaged heads' and each head's alone, recomputed here from the checkpoint.
+    from evaluate import build_run_data, build_run_model, predict
+    model = build_run_model(cfg)
+    model.load_state_dict(checkpoint_model(out))
+    data = build_run_data(cfg)
+    norm = cfg["recorded"]["normalization"]
+    for head, expected in (("mean", final["test_acc"]), ("cls", final["head_test_acc"]["cls"]),
+                           ("dist", final["head_test_acc"]["dist"])):
+        model.output = head
+        logits, _ = predict(model, data["x_test"], data["y_test"], norm["mean"], norm["std"], torch.device("cpu"))
+        assert (logits.argmax(1) == data["y_test"]).double().mean().item() == pytest.approx(expected), head
+    assert rows[-1]["train_loss"] < rows[0]["train_loss"]
