@@ -7,8 +7,9 @@ Reads only run folders (config.json, metrics.jsonl, final.json) anywhere under t
 runs (no final.json) are skipped and counted. Runs whose configs differ only by seed form one group;
 every number is that group's mean +- standard deviation over seeds (n = number of seeds). This file holds the
 command line, the report and the data-regime sections; analyze_attention.py the attention sections,
-analyze_transfer.py the transfer sections (pretraining, truncation, attention swap) and analyze_groups.py the
-grouping, statistics and plot pieces they share.
+analyze_transfer.py the transfer sections (pretraining, truncation, attention swap), analyze_recipes.py the training
+recipe sections (distillation, augmentation and regularisation presets) and analyze_groups.py the grouping,
+statistics and plot pieces they share. Runs with a teacher or a recipe appear in the recipe sections alone.
 """
 import argparse
 import json
@@ -21,10 +22,11 @@ import matplotlib.ticker
 
 from analyze_attention import (section_attention_distance, section_attention_scaling, section_attention_variants,
                                section_locality, find_benches)
+from analyze_recipes import section_distillation, section_recipes
 from analyze_transfer import section_attention_swap, section_transfer, section_truncation
 from analyze_groups import (ACC_COLUMNS, BASE_ARCHS, COLORS, accuracy_line, base, compare, crossings, curves,
-                            family_color, findings, fmt, from_scratch_all_classes, load_groups, metric, pairs,
-                            pareto_front, plot_bars, save, setting, stats, table)
+                            default_recipe, family_color, findings, fmt, from_scratch_all_classes, load_groups, metric,
+                            pairs, pareto_front, plot_bars, save, setting, stats, table)
 from evaluate import Parser, fail, write_atomic
 
 
@@ -261,8 +263,10 @@ SECTIONS = [("Regimes", section_regimes), ("Data efficiency", section_data_effic
             ("Attention variants", section_attention_variants), ("Attention cost scaling", section_attention_scaling),
             ("Attention distance", section_attention_distance), ("Imbalanced data", section_imbalanced),
             ("Corruptions", section_corruption), ("Matched budgets", section_matched), ("Transfer", section_transfer),
-            ("Truncation", section_truncation), ("Attention swap", section_attention_swap), ("Cost", section_cost),
+            ("Truncation", section_truncation), ("Attention swap", section_attention_swap),
+            ("Distillation", section_distillation), ("Recipes", section_recipes), ("Cost", section_cost),
             ("Convergence", section_convergence)]
+RECIPE_SECTIONS = (section_distillation, section_recipes)  # the only sections that see runs with a recipe or teacher
 
 
 def write_report(roots, out):
@@ -277,7 +281,9 @@ def write_report(roots, out):
             body = section(find_benches(roots), out)
             missing = "No runs for this section yet (see run_all.sh, or run `python evaluate.py bench-attention`)."
         else:
-            body = section(groups, out) if groups else None
+            # Every other section compares the lab's default recipe (the recipe sections take their baselines too).
+            gs = groups if section in RECIPE_SECTIONS else [g for g in groups if default_recipe(g)]
+            body = section(gs, out) if gs else None
             missing = "No runs for this section yet (see run_all.sh)."
         parts.append(f"## {title}\n\n" + (body or missing))
     text = "\n\n".join(parts) + "\n"

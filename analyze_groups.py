@@ -33,6 +33,12 @@ FLAT_KEYS = dict(
          "stop_after_steps", "attention_backend"])
 # Optimiser settings each family has its own defaults of: one data-efficiency curve may differ in them.
 FAMILY_OPTIM_KEYS = {"opt", "lr", "weight_decay", "momentum", "warmup_epochs"}
+# Optim keys train.py writes only where a training recipe acts (a preset's name, augmentation, EMA), and those of
+# distillation: runs with any of them are reported in the Recipes and Distillation sections alone (analyze_recipes.py).
+RECIPE_KEYS = ("recipe", "randaug", "mixup", "cutmix", "random_erasing", "repeated_aug", "ema")
+RECIPE_SHORT = dict(randaug="randaug", mixup="mixup", cutmix="cutmix", random_erasing="erasing",
+                    repeated_aug="repeats", ema="ema")  # how a recipe given without a preset is labelled
+DISTILL_KEYS = ("teacher", "distill", "distill_alpha", "distill_tau")
 
 BASE_ARCHS = ("vit", "resnet18")
 COLORS = {"vit": "tab:blue", "resnet18": "tab:orange"}
@@ -104,10 +110,13 @@ def load_runs(roots):
 
 def trained(sections):
     """What was trained: the model, data and optim sections, None and False values counting as absent, a
-    fine-tuned model's init as the seed-free start_point."""
+    fine-tuned model's init as the seed-free start_point and a distilled model's teacher as the seed-free
+    teacher_point."""
     out = {s: {k: v for k, v in sections[s].items() if v is not None and v is not False} for s in GROUPED}
     if "init" in out["model"]:
         out["model"]["init"] = start_point(sections)
+    if "teacher" in out["optim"]:
+        out["optim"]["teacher"] = teacher_point(sections)
     return out
 
 
@@ -120,11 +129,27 @@ def start_point(sections):
     init = sections.get("recorded", {}).get("init") or {}
     if init.get("source_model") is None:  # a checkpoint file without its run's config.json
         return seed_free(sections["model"]["init"])
-    model = {k: v for k, v in init["source_model"].items() if v is not None and v is not False}
-    if "init" in model:  # the source was fine-tuned too; its own source is known only by name
+    return source_sections(init["source_model"], init.get("source_data"))
+
+
+def teacher_point(sections):
+    """A distilled run's teacher without its seed: what the teacher trained (recorded.teacher's model and data
+    sections), or where that is not recorded, the teacher folder's name without -s<seed>."""
+    # As with init: each seed distils from the teacher of its own seed (run_all.sh's @SEED@), so the path would split
+    # the seeds of one setting; what the teacher trained is what makes two students alike.
+    teacher = sections.get("recorded", {}).get("teacher") or {}
+    if teacher.get("model") is None:
+        return seed_free(sections["optim"]["teacher"])
+    return source_sections(teacher["model"], teacher.get("data"))
+
+
+def source_sections(model, data):
+    """Another run's model and data sections as groups compare them: None and False values dropped, and its own
+    init (the source was fine-tuned too; that source is known only by name) without the seed."""
+    model = {k: v for k, v in model.items() if v is not None and v is not False}
+    if "init" in model:
         model["init"] = seed_free(model["init"])
-    data = {k: v for k, v in (init.get("source_data") or {}).items() if v is not None and v is not False}
-    return dict(model=model, data=data)
+    return dict(model=model, data={k: v for k, v in (data or {}).items() if v is not None and v is not False})
 
 
 def seed_free(path):
@@ -136,12 +161,13 @@ def seed_free(path):
 
 def group_dict(sections):
     """What was trained as one dict, for labels (a key's name is unique across the sections train.py writes); a
-    source's settings as init.<key>, so that fine-tunes of different sources name what differs."""
+    source's settings as init.<key> and a teacher's as teacher.<key>, so that fine-tunes of different sources and
+    students of different teachers name what differs."""
     out = {}
     for section in trained(sections).values():
         for k, v in section.items():
-            if k == "init" and isinstance(v, dict):
-                out |= {f"init.{sk}": sv for sk, sv in {**v["model"], **v["data"]}.items()}
+            if k in ("init", "teacher") and isinstance(v, dict):
+                out |= {f"{k}.{sk}": sv for sk, sv in {**v["model"], **v["data"]}.items()}
             else:
                 out[k] = v
     return out
@@ -166,10 +192,13 @@ def group_runs(runs):
     # Labels must tell apart what differs. First the data cell: where runs trained under different settings
     # (epochs, pool size, ...) share a cell label, the cell names the keys that differ (a key some have and others
     # lack too), so no comparison pairs runs of different settings. Runs on a time budget are compared only with
-    # each other (their epochs are a cap, left out of their setting). Then the model: what still looks alike
-    # differs in a model key, named likewise.
-    for same in buckets(groups.values(), lambda g: (g["cell"], bool(g["cfg"].get("time_budget")))):
-        for g, text in zip(same, bracket([setting_dict(g["sections"]) for g in same], absent_differs=True)):
+    # each other (their epochs are a cap, left out of their setting). Runs with a recipe or a teacher are labelled
+    # among themselves, by what their comparison holds fixed (the recipe is in the model label), so adding them to a
+    # folder changes no label of a default-recipe run. Then the model: what still looks alike differs in a model key,
+    # named likewise.
+    for same in buckets(groups.values(), lambda g: (g["cell"], bool(g["cfg"].get("time_budget")), default_recipe(g))):
+        setting_of = setting_dict if default_recipe(same[0]) else base_setting
+        for g, text in zip(same, bracket([setting_of(g["sections"]) for g in same], absent_differs=True)):
             g["cell"] += text
     for same in buckets(groups.values(), lambda g: (g["cell"], g["model"])):
         # A setting some groups have and others lack splits them (the groups differ), so it must name them too.
@@ -202,8 +231,9 @@ def differing(dicts, absent_differs=False):
 
 
 def model_label(cfg):
-    """What was trained: architecture, attention, starting point and budget where they differ from the default."""
-    label = cfg["arch"] + attention_label(cfg) + start_label(cfg)
+    """What was trained: architecture, attention, starting point, recipe, teacher and budget where they differ from
+    the default."""
+    label = cfg["arch"] + attention_label(cfg) + start_label(cfg) + recipe_label(cfg)
     if cfg.get("time_budget"):
         label += f" {cfg['time_budget']:g}s"
     return label
@@ -229,6 +259,47 @@ def start_label(cfg):
     return text + (" +probe" if cfg.get("freeze") == "backbone" else "")
 
 
+def recipe_label(cfg):
+    """The recipe part of a model label: '' for the lab's default, ' recipe=light1' (a preset; what differs from it
+    goes in brackets where it matters) or the recipe keys given without a preset (' randaug=2,9 mixup=0.8'), then
+    ' distill=soft from resnet18 (sparse 10%)' for a student of a teacher."""
+    if cfg.get("recipe"):
+        text = f" recipe={cfg['recipe']}"
+    else:
+        text = "".join(f" {short}={number_list(cfg[k])}" for k, short in RECIPE_SHORT.items()
+                       if cfg.get(k) is not None and cfg[k] is not False)
+    if cfg.get("teacher"):
+        text += f" distill={cfg.get('distill')} from {teacher_label(cfg)}"
+    return text
+
+
+def number_list(value):
+    """'0.8', or a list as '2,9,0.5' (RandAugment's magnitude std left out where it is 0)."""
+    if not isinstance(value, list):
+        return f"{value:g}"
+    return ",".join(f"{v:g}" for v in (value[:2] if len(value) == 3 and value[2] == 0 else value))
+
+
+def teacher_label(cfg):
+    """A student's teacher in a few words: 'resnet18 (sparse 10%)' from recorded.teacher (its dataset named too
+    where it is not the student's), or where that is not recorded, its folder's name without the seed."""
+    teacher = cfg["teacher"]  # flat_view: recorded.teacher (a dict) where recorded, else the optim section's path
+    if not isinstance(teacher, dict):
+        return seed_free(teacher)
+    if not teacher.get("model"):
+        return seed_free(teacher["source"])
+    data = teacher.get("data") or {}
+    same = data.get("dataset") == cfg.get("dataset") and data.get("classes") == cfg.get("classes")
+    where = (regime_label(data) if same else data_label(data)) if "regime" in data else ""
+    return model_label(teacher["model"]) + (f" ({where})" if where else "")
+
+
+def default_recipe(g):
+    """A group trained with the lab's default recipe: no teacher and none of the recipe keys."""
+    optim = g["sections"]["optim"]
+    return not any(optim.get(k) is not None and optim[k] is not False for k in RECIPE_KEYS + ("teacher",))
+
+
 def started(g):
     """A group that started from trained weights (--init or --pretrained)."""
     model = g["sections"]["model"]
@@ -236,8 +307,9 @@ def started(g):
 
 
 def from_scratch_all_classes(g):
-    """A group trained from random weights on every class of its dataset: what the data-regime sections compare."""
-    return not started(g) and not g["sections"]["data"].get("classes")
+    """A group trained from random weights on every class of its dataset with the lab's default recipe: what the
+    data-regime sections compare."""
+    return not started(g) and not g["sections"]["data"].get("classes") and default_recipe(g)
 
 
 def attention_label(cfg):
@@ -379,6 +451,13 @@ def setting_dict(sections):
     skip = FAMILY_OPTIM_KEYS | {"time_budget"} | ({"epochs"} if optim.get("time_budget") else set())  # epochs: a cap
     setting = {k: v for k, v in sections["data"].items() if k not in ("regime", "fraction", "per_class")}
     return setting | {k: v for k, v in optim.items() if k not in skip}
+
+
+def base_setting(sections):
+    """What a recipe or distillation comparison holds fixed: the data apart from the subset, and the epochs (the rest
+    of the optim section, with a preset's dropout and drop-path, is the recipe, which the model label names)."""
+    data = {k: v for k, v in sections["data"].items() if k not in ("regime", "fraction", "per_class")}
+    return data | ({} if sections["optim"].get("time_budget") else {"epochs": sections["optim"].get("epochs")})
 
 
 def setting(sections):

@@ -7,7 +7,7 @@ set -uo pipefail
 set -f  # no file-name globbing: every word here is meant literally
 
 EXPERIMENTS="regimes data-efficiency shallow locality attention attention-cost matched-params matched-time transfer
-truncation attention-swap"
+truncation attention-swap distillation recipes"
 EXPERIMENTS=${EXPERIMENTS//$'\n'/ }
 profile=full seeds="" gpus=0 dry_run=0 only="" runs="" data_dir=data time_budget=""
 python=${PYTHON:-python3}
@@ -84,6 +84,8 @@ if [ "$profile" = full ]; then
     finetune=(--epochs 50)  # fine-tuning is short: AugReg fine-tunes CIFAR for about 100 epochs of 50,000 images
     imagenet_size=224  # the resolution torchvision's ImageNet weights were trained at
     truncate_vit="1 2 3 4 5" truncate_resnet="1 2 3"  # and all of them: the untruncated fine-tune
+    recipes="none light1 light2 medium1 medium2 strong1 strong2 deit"
+    recipe_fractions="0.02 0.1 0.5"  # plus the standard regime (100%)
     declare -A size=([vit]="" [vit-shallow]="" [vit-11m]="" [resnet18]="" [resnet18-shallow]="" [vit-b16]="")
 else
     if [ -d "$data_dir/cifar-10-batches-py" ]; then
@@ -106,6 +108,10 @@ else
     finetune=(--epochs 3)
     imagenet_size=64  # a 224 px ViT-B/16 step takes seconds on 2 cores
     truncate_vit="1" truncate_resnet="1"
+    # Four presets on two cells (16 runs, 5 of them small): the corners (none, strong2, DeiT's) and one between,
+    # so every recipe code path runs without all eight presets at every fraction.
+    recipes="none light2 strong2 deit"
+    recipe_fractions="0.1"  # plus the standard regime (100%)
     # Tiny models; vit-11m keeps its role, a ViT with the quick ResNet-18's parameter count (618k vs 677k).
     declare -A size=([vit]="--depth 2 --dim 64 --heads 4" [vit-shallow]="--depth 1 --dim 64 --heads 4"
                      [vit-11m]="--depth 2 --dim 192 --heads 4 --mlp-ratio 2" [resnet18]="--stages 2"
@@ -327,6 +333,33 @@ if wants attention-swap; then  # 11. each attention variant swapped into the pre
         # shellcheck disable=SC2046
         job "vit-from-c0-4-swap-${v%%:*}-sparse-f0.1-$dataset-c5-9" vit "${target[@]}" "${cell[@]}" $(own vit) \
             "${vflags[@]}" "${finetune[@]}"
+    done
+fi
+
+# ---------------------------------------------------------------- training recipes (12-13)
+if wants distillation; then  # 12. DeiT distillation: the ResNet-18 of the same cell and seed taught to the ViT
+    # The teacher is the grid's ResNet-18 run of the student's own cell and seed (@SEED@), so it never saw more data
+    # than the student; the grid's plain ViT of the cell is the student without a teacher (both run once, first).
+    # The students keep the lab's default recipe, so that plain ViT is their exact baseline.
+    cells=("standard-$dataset:" "sparse-f0.1-$dataset:--regime sparse --fraction 0.1"
+           "imbalanced-r100-$dataset:--regime imbalanced --imbalance-ratio 100")
+    for c in "${cells[@]}"; do
+        # shellcheck disable=SC2206  # the cell's flags are meant to split into words
+        cflags=(${c#*:}) cell=${c%%:*}
+        both "$cell" "${data_flags[@]}" "${cflags[@]}"
+        for d in soft hard token; do
+            job "vit-kd$d-$cell" vit "${data_flags[@]}" "${cflags[@]}" --teacher "$runs/resnet18-$cell-s@SEED@" \
+                --distill "$d"
+        done
+    done
+fi
+if wants recipes; then  # 13. AugReg's augmentation and regularisation levels and DeiT's recipe, across data fractions
+    # The default-recipe runs of these cells (data-efficiency's) are the lab's own baseline.
+    for f in $recipe_fractions 1; do
+        cell="standard-$dataset" flags=("${data_flags[@]}")
+        [ "$f" != 1 ] && cell="sparse-f$f-$dataset" && flags+=(--regime sparse --fraction "$f")
+        both "$cell" "${flags[@]}"
+        for r in $recipes; do both "$r-$cell" "${flags[@]}" --recipe "$r"; done
     done
 fi
 

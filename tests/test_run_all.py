@@ -22,13 +22,14 @@ def test_full_dry_run_prints_the_whole_grid_once(tmp_path):
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     cmds = [line for line in lines if " train.py " in line]
-    # 148 cells x 3 seeds, shared cells once: regimes 10, data efficiency 12, shallow 4, locality 4 cells x 6,
+    # 221 cells x 3 seeds, shared cells once: regimes 10, data efficiency 12, shallow 4, locality 4 cells x 6,
     # attention 6 + 6 + 8 (local1 and dilated1d2 shared with locality), vit-11m 1, matched time 2; transfer 2
     # pretrainings + 8 cells x (scratch, own, CIFAR-100) x 2 families; truncation 2 x (6 + 4) - 2 shared with
-    # transfer; attention swap 7
-    assert len(cmds) == len(set(cmds)) == 444
+    # transfer; attention swap 7; distillation 3 cells x 3 students (teachers and plain ViTs shared); recipes 8
+    # presets x 2 families x 4 cells (the default-recipe runs shared)
+    assert len(cmds) == len(set(cmds)) == 444 + 27 + 192 == 663
     r = str(tmp_path)
-    assert f"python3 evaluate.py bench-attention --out {r}/bench/bench-attention.json" in lines and len(lines) == 447
+    assert f"python3 evaluate.py bench-attention --out {r}/bench/bench-attention.json" in lines and len(lines) == 666
     start = "python3 train.py --arch"
     for expected in (
             f"vit --epochs 200 --data-dir data --regime many-classes --attention lsa --spt --seed 2 "
@@ -43,13 +44,13 @@ def test_full_dry_run_prints_the_whole_grid_once(tmp_path):
             f"vit --epochs 200 --data-dir data --dataset cifar10 --attention local --radius 3 --seed 0 "
             f"--out {r}/vit-local3-standard-cifar10-s0"):
         assert f"{start} {expected}" in cmds
-    assert sum("--imbalance-ratio 100 " in c and "--classes" not in c for c in cmds) == 6
+    assert sum("--imbalance-ratio 100 " in c and "--classes" not in c and "--teacher" not in c for c in cmds) == 6
     assert sum("--regime corrupted" in c for c in cmds) == 6
     timed = [c for c in cmds if "--time-budget 1200" in c]
     assert len(timed) == 6 and all("--epochs 1000 --warmup-epochs 50" in c for c in timed)
     gpu_lines = run_all("--dry-run", "--runs", r, "--gpus", "2", "--seeds", "5").stdout.splitlines()
     gpus = [c for c in gpu_lines if "train.py" in c]
-    assert len(gpus) == 148 and all(c.endswith("-s5") for c in gpus)
+    assert len(gpus) == 221 and all(c.endswith("-s5") for c in gpus)
     torchrun = "torchrun --standalone --nproc_per_node=2 train.py"
     assert all(c.startswith(torchrun) for c in gpus if "--time-budget" not in c)
     assert all(c.startswith("python3 train.py") for c in gpus if "--time-budget" in c)
@@ -62,11 +63,12 @@ def test_quick_dry_run_shrinks_the_grid_and_says_which_data(tmp_path):
     assert f"regimes: many-classes skipped, no CIFAR-100 at {tmp_path}/none/cifar-100-python" in lines
     cmds = [line for line in lines if "train.py" in line]
     # regimes 8 (no many-classes) + sparse 4x2 + shallow 4 + locality 2x3 + attention 2x6 + vit-11m 1 + time 2 = 41;
-    # transfer 2 pretrainings + 6 cells x 4 (no CIFAR-100), truncation 2 x (2 + 2) - 2 shared, attention swap 7
+    # transfer 2 pretrainings + 6 cells x 4 (no CIFAR-100), truncation 2 x (2 + 2) - 2 shared, attention swap 7;
+    # distillation 3 x 3 students; recipes 4 presets x 2 families x 2 cells (sparse 10%, standard)
     assert "attention: CIFAR-100 cells skipped, no CIFAR-100 at " + f"{tmp_path}/none/cifar-100-python" in lines
     bench = "python3 evaluate.py bench-attention --depth 1 --dim 64 --heads 4 "
     assert sum(line.startswith(bench) for line in lines) == 1
-    assert len(cmds) == 41 + 26 + 6 + 7
+    assert len(cmds) == 41 + 26 + 6 + 7 + 9 + 16
     assert all("--dataset synthetic" in c and "--max-per-class 50" in c and c.endswith("-s0") for c in cmds)
     assert any(c.startswith("python3 train.py --arch resnet18 --stages 2 --epochs 3") for c in cmds)
     assert any("--arch vit-shallow --depth 1 --dim 64 --heads 4" in c for c in cmds)
@@ -100,6 +102,66 @@ def test_transfer_grid_pairs_each_fine_tune_with_its_pretraining_and_skips_absen
     cmds = [c for c in run_all("--dry-run", "--only", "transfer,truncation", "--runs", r, "--seeds", "0",
                                torch_home=tmp_path / "home").stdout.splitlines() if "--pretrained imagenet" in c]
     assert len(cmds) == 15 and all("--arch resnet18 " in c and "--img-size 224" in c for c in cmds)
+
+
+def out_of(cmd):
+    """The --out folder of a train.py command."""
+    return cmd.split(" --out ")[1].split()[0]
+
+
+def cell_seed(cmd):
+    """<cell>-s<seed> of a command whose run name is <arch>-<tag>-<cell>-s<seed> (vit-kdsoft-..., vit-none-...)."""
+    return os.path.basename(out_of(cmd)).split("-", 2)[2]
+
+
+def test_each_student_learns_from_the_resnet18_of_its_own_cell_and_seed_trained_before_it(tmp_path):
+    r = str(tmp_path)
+    out = run_all("--dry-run", "--only", "distillation", "--runs", r).stdout
+    cmds = [c for c in out.splitlines() if "train.py" in c]
+    students = [c for c in cmds if " --teacher " in c]
+    # 3 cells x (teacher, plain ViT, soft, hard, token) x 3 seeds
+    assert len(cmds) == len(set(cmds)) == 45 and len(students) == 27
+    for c in students:
+        teacher = c.split(" --teacher ")[1].split()[0]
+        assert teacher == f"{r}/resnet18-{cell_seed(c)}" and c.startswith("python3 train.py --arch vit ")
+        assert cmds.index(next(t for t in cmds if out_of(t) == teacher)) < cmds.index(c)
+        # The student trains on its teacher's data: the teacher's command with --teacher, --distill and --out
+        # taken out and --arch vit is the student's.
+        distill = c.split(" --distill ")[1].split()[0]
+        assert out_of(c) == f"{r}/vit-kd{distill}-{cell_seed(c)}" and distill in ("soft", "hard", "token")
+        plain = next(t for t in cmds if out_of(t) == teacher).replace("resnet18", "vit")
+        assert c.replace(f" --teacher {teacher} --distill {distill}", "").replace(f"-kd{distill}", "") == plain
+    cells = {cell_seed(c).rsplit("-s", 1)[0] for c in students}
+    assert cells == {"standard-cifar10", "sparse-f0.1-cifar10", "imbalanced-r100-cifar10"}
+    # With the rest of the grid, the teachers and plain ViTs are the regimes and data-efficiency runs, once each.
+    both = [c for c in run_all("--dry-run", "--only", "regimes,data-efficiency,distillation", "--runs", r,
+                               "--seeds", "0").stdout.splitlines() if "train.py" in c]
+    assert len(both) == len(set(out_of(c) for c in both)) == 10 + 12 + 9
+    quick = [c for c in run_all("--dry-run", "--profile", "quick", "--only", "distillation", "--runs", r,
+                                "--data-dir", str(tmp_path / "none")).stdout.splitlines() if " --teacher " in c]
+    assert len(quick) == 9 and all("--arch vit --depth 2 --dim 64 --heads 4 " in c for c in quick)
+    assert f"--teacher {r}/resnet18-sparse-f0.1-synthetic-s0 --distill token " in " ".join(quick)
+
+
+def test_every_recipe_runs_for_both_families_beside_the_default_recipe(tmp_path):
+    r = str(tmp_path)
+    cmds = [c for c in run_all("--dry-run", "--only", "recipes", "--runs", r, "--seeds", "0").stdout.splitlines()
+            if "train.py" in c]
+    presets = "none light1 light2 medium1 medium2 strong1 strong2 deit".split()
+    cells = ["sparse-f0.02-cifar10", "sparse-f0.1-cifar10", "sparse-f0.5-cifar10", "standard-cifar10"]
+    assert len(cmds) == len(set(cmds)) == (8 + 1) * 2 * 4  # the default recipe once per family and cell
+    for arch in ("vit", "resnet18"):
+        for cell in cells:
+            assert f"{r}/{arch}-{cell}-s0" in map(out_of, cmds)
+            for p in presets:
+                c = next(c for c in cmds if out_of(c) == f"{r}/{arch}-{p}-{cell}-s0")
+                assert c.startswith(f"python3 train.py --arch {arch} ") and c.count(f" --recipe {p} ") == 1
+                sparse = f"--regime sparse --fraction {cell.split('-')[1][1:]} " if "sparse" in cell else "--regime"
+                assert (sparse in c) == ("sparse" in cell)
+    quick = [c for c in run_all("--dry-run", "--profile", "quick", "--only", "recipes", "--runs", r,
+                                "--data-dir", str(tmp_path / "none")).stdout.splitlines() if " --recipe " in c]
+    assert len(quick) == 16 and {c.split(" --recipe ")[1].split()[0] for c in quick} == {"none", "light2", "strong2",
+                                                                                          "deit"}
 
 
 def test_finished_runs_are_skipped_and_interrupted_ones_resumed(tmp_path):
