@@ -649,8 +649,9 @@ def torchvision_loader(recipe, data_dir, mean, std, batch_size, workers):
     """torchvision's CIFAR10 + DataLoader with a recipe as per-image v2 transforms (RandAugment at bin 3M of 31),
     MixUp / CutMix on the collated batch in the workers, as torchvision's reference scripts do."""
     steps = [v2.RandomCrop(32, padding=4), v2.RandomHorizontalFlip()]
-    if "randaug" in recipe:
-        steps.append(v2.RandAugment(num_ops=recipe["randaug"][0], magnitude=round(3 * recipe["randaug"][1]),
+    if "randaug" in recipe:  # torchvision's bins stop at its maxima (our 10): AugReg's 15 and 20 run at bin 30,
+        # the same work per image
+        steps.append(v2.RandAugment(num_ops=recipe["randaug"][0], magnitude=min(30, round(3 * recipe["randaug"][1])),
                                     num_magnitude_bins=31, fill=128))
     steps += [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
     if "random_erasing" in recipe:

@@ -195,3 +195,24 @@ def test_transfer_options_are_checked_against_the_architecture():
                            (dict(arch="vit", weights="IMAGENET1K_V1"), "--weights applies to --pretrained")):
         with pytest.raises(ValueError, match=message):
             model_config(given)
+
+
+def test_dropout_and_drop_path_act_in_training_only():
+    # The recipes set both: they must change training forwards and leave evaluation deterministic.
+    x = torch.randn(4, 3, 16, 16)
+    for options in (dict(dropout=0.3, drop_path=0.0), dict(dropout=0.0, drop_path=0.5)):
+        torch.manual_seed(0)
+        m = build_model("vit", 10, 16, depth=3, dim=32, heads=4, patch_size=4, **options)
+        assert not torch.equal(m.train()(x), m(x)), options
+        m.eval()
+        assert torch.equal(m(x), m(x)), options
+    m = build_model("vit", 10, 16, depth=3, dim=32, heads=4, patch_size=4, dropout=0.0, drop_path=0.0).train()
+    assert torch.equal(m(x), m(x))
+    # Stochastic depth rises linearly over the blocks; a dropped sample's residual is zero, a kept one's is scaled
+    # by 1 / (1 - rate), so the expectation is unchanged.
+    m = build_model("vit", 10, 16, depth=3, dim=32, heads=4, patch_size=4, drop_path=0.5)
+    assert [b.drop_path.p for b in m.blocks] == pytest.approx([0.0, 0.25, 0.5])
+    torch.manual_seed(1)
+    out = m.blocks[2].drop_path.train()(torch.ones(1000, 2, 3))
+    kept = out[:, 0, 0]
+    assert set(kept.unique().tolist()) == {0.0, 2.0} and abs((kept > 0).float().mean().item() - 0.5) < 0.06
