@@ -13,18 +13,20 @@ so an epoch is reproducible, resumable and the same on every process; the device
 RandAugment ops (RANDAUG_OPS; op id = index, -1 = skipped) are timm's "increasing" set as DeiT uses it
 (rand-m9-mstd0.5-inc1). A level m on the scale 0..RANDAUG_MAX_LEVEL is the fraction f = m / 10 of each op's
 maximum: our m equals timm's rand-mM, and torchvision's RandAugment bin 3m of num_magnitude_bins=31 (its bins
-0..30 span the same maxima), except Posterize. Levels above 10 extrapolate linearly (AugReg uses 15 and 20).
+0..30 span nearly the same maxima: translate 150/331 = 0.453 of the side, solarize 255 (1 - f); posterize
+differs, below). Levels above 10 extrapolate linearly (AugReg uses 15 and 20), within the floors below.
   op            parameter at fraction f (+/-: a random sign, as timm and torchvision draw it)
   AutoContrast, Equalize, Invert     no parameter
   Rotate        +/- 30 f degrees
-  Posterize     8 - round(4 f) bits, clamped to 0..8 (torchvision's range: 8 bits at m 0, 4 at m 10; not timm's
-                increasing 4 -> 0 bits, which wipes out a CIFAR image)
+  Posterize     8 - round(4 f) bits, clamped to 4..8 (torchvision's range: 8 bits at m 0, 4 at m 10 and beyond;
+                not timm's increasing 4 -> 0 bits, which wipes out a CIFAR image)
   Solarize      invert the pixels >= 256 (1 - f) (timm's increasing threshold)
   SolarizeAdd   add int(110 f) to the pixels < 128, clipped at 255 (timm; not in torchvision)
-  Color, Contrast, Brightness, Sharpness   factor 1 +/- 0.9 f, at least 0 (Color is saturation)
+  Color, Contrast, Brightness, Sharpness   factor 1 +/- 0.9 f, at least 0.1 as timm's (Color is saturation)
   ShearX, ShearY     shear factor +/- 0.3 f about the top-left corner (torchvision's angle degrees(atan(0.3 f)))
   TranslateX, TranslateY     +/- 0.45 f of the image side, truncated to whole pixels (torchvision's int())
-Geometric ops sample the nearest pixel (torchvision's RandAugment default) and fill with `fill` (timm's grey 128).
+Geometric ops sample the nearest pixel (torchvision's RandAugment default) and fill with `fill` (timm's default grey 128;
+DeiT's timm call fills with the dataset mean).
 Every op equals the torchvision.transforms.v2.functional kernel it names, pixel for pixel (tests/test_augment.py).
 """
 import math
@@ -103,8 +105,9 @@ def _gray(x):
 
 
 def _factor(f):
-    """The enhance factor 1 + 0.9 f (timm's increasing ops), never negative."""
-    return (1 + 0.9 * f).clamp_min(0)
+    """The enhance factor 1 + 0.9 f (timm's increasing ops), at least 0.1 as timm's: beyond level 10 a factor of 0
+    would make an all-black (brightness) or flat (contrast, color) image."""
+    return (1 + 0.9 * f).clamp_min(0.1)
 
 
 def _sharpness(x, factor):
@@ -144,8 +147,9 @@ def _equalize(x):
 
 
 def _posterize(x, f):
-    """Keep the top 8 - round(4 f) bits (round half to even, as torch.round and Python)."""
-    bits = (8 - torch.round(4 * f)).clamp(0, 8).long()
+    """Keep the top 8 - round(4 f) bits (round half to even, as torch.round and Python), at least 4 (torchvision's
+    maximum: fewer bits beyond level 10 would wipe the image out)."""
+    bits = (8 - torch.round(4 * f)).clamp(4, 8).long()
     return x & ((255 << (8 - bits)) & 255).to(torch.uint8).view(-1, 1, 1, 1)
 
 

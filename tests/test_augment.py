@@ -15,7 +15,7 @@ SHAPES = [(12, 16, 16), (4, 32, 32), (6, 12, 20)]  # n, H, W: the brief's square
 def reference(img, name, f, fill=128):
     """torchvision's functional op (or the hand computation of SolarizeAdd) on one image at signed fraction f."""
     h, w = img.shape[-2:]
-    factor = max(0.0, 1 + 0.9 * f)
+    factor = max(0.1, 1 + 0.9 * f)  # timm's floor: no image made black or flat beyond level 10
     affine = dict(angle=0.0, translate=[0, 0], scale=1.0, shear=[0.0, 0.0], interpolation=NEAREST, fill=fill)
     if name == "Rotate":
         return TF.rotate(img, angle=30 * f, interpolation=NEAREST, fill=fill)
@@ -31,7 +31,7 @@ def reference(img, name, f, fill=128):
     if name in enhance:
         return enhance[name](img, factor)
     if name == "Posterize":
-        return TF.posterize(img, min(8, max(0, 8 - round(4 * f))))
+        return TF.posterize(img, min(8, max(4, 8 - round(4 * f))))  # never below torchvision's 4 bits
     if name == "Solarize":
         threshold = 256 * (1 - f)
         return img.clone() if threshold > 255 else TF.solarize(img, threshold)  # torchvision refuses > 255
@@ -215,3 +215,13 @@ def test_recipe_batch_gives_standardised_images_and_soft_targets():
     assert plain == {} and torch.equal(targets, labels[:12])
     assert torch.allclose(x, (images[:12].float() / 255 - torch.tensor(mean).view(1, 3, 1, 1))
                           / torch.tensor(std).view(1, 3, 1, 1))
+
+
+@pytest.mark.parametrize("name", ["Brightness", "Contrast", "Color", "Posterize"])
+def test_levels_beyond_10_keep_the_image(name):
+    # AugReg's magnitudes 15 and 20 extrapolate; no op may turn an image into one flat colour there.
+    x = random_images(4, 16, 16, seed=3)[2:] // 2 + 60  # no flat channel, mid-range values
+    levels = torch.tensor([[-20.0], [20.0]]) if name in A.SIGNED else torch.tensor([[15.0], [20.0]])
+    out = A.rand_augment(x.contiguous(), torch.full((2, 1), A.OP_ID[name]), levels)
+    for img in out:
+        assert img.float().std() > 1 and img.max() > 0, (name, levels)
