@@ -225,6 +225,9 @@ def start_weights(cfg, model, download=True):
         norm = (entry.transforms().mean, entry.transforms().std)  # the normalisation the weights were trained with
         same_classes = False  # ImageNet's 1000 are no dataset's of this lab
     try:
+        if ("dist_token" in state) != (getattr(model, "dist_token", None) is not None):
+            raise ValueError(f"only {'the source' if 'dist_token' in state else 'this model'} has a distillation "
+                             "token (--distill token); weights do not move between models with and without one")
         # A ResNet's --stages (or shallow preset) states the stages it keeps; a ViT's depth must be the source's.
         record |= transfer_state(model, state, fresh_head="truncate" in m or not same_classes,
                                  truncated="truncate" in m or m["arch"] in RESNET_PRESETS)
@@ -247,6 +250,12 @@ def load_teacher(cfg, device):
                                                  else "") + f" ({n} classes)"
         raise ValueError(f"--teacher {path} was trained on {what(source['data'], source['recorded']['num_classes'])}, "
                          f"this run trains on {what(cfg['data'], classes)}; a teacher must predict the same classes")
+    split = lambda c: f"--seed {c['run']['seed']} --val-fraction {c['data']['val_fraction']:g}"
+    if split(source) != split(cfg):  # another split: the teacher may have trained on this run's validation images
+        raise ValueError(f"--teacher {path} was trained with {split(source)}, this run has {split(cfg)}: "
+                         "its training images may hold this run's validation images; the split must be the same")
+    if "input_size" not in source["recorded"]:
+        raise ValueError(f"--teacher {path} was written before runs recorded their input size; retrain it")
     backend = attention_backend(source["model"].get("attention", "full"), "auto", device)
     teacher = build_run_model(source, backend).to(device)
     load_checkpoint(os.path.join(path, "checkpoint.pt"), device, teacher)
@@ -260,10 +269,13 @@ def load_teacher(cfg, device):
 def ema_pairs(ema, model):
     """(averaged, copied) lists of (EMA tensor, model tensor): parameters and BatchNorm statistics are averaged;
     other buffers (Performer features, step counters) are copied, since an average of random features is none."""
-    averaged, copied = [], []
+    averaged, copied, seen = [], [], set()
     model_state = model.state_dict(keep_vars=True)
     for name, e in ema.state_dict(keep_vars=True).items():
         m = model_state[name]
+        if id(m) in seen:  # a tensor under two names (Linformer's shared projections) moves once a step
+            continue
+        seen.add(id(m))
         is_average = e.is_floating_point() and (isinstance(m, torch.nn.Parameter) or name.endswith(("running_mean",
                                                                                                  "running_var")))
         (averaged if is_average else copied).append((e.data, m.data))
@@ -276,8 +288,8 @@ def ema_update(pairs, decay):
     averaged, copied = pairs
     if averaged:
         torch._foreach_lerp_([e for e, _ in averaged], [m for _, m in averaged], 1 - decay)
-    for e, m in copied:
-        e.copy_(m)
+    if copied:
+        torch._foreach_copy_([e for e, _ in copied], [m for _, m in copied])
 
 
 # ----------------------------------------------------------------------------- metrics

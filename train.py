@@ -128,7 +128,28 @@ def get_parser():
                                         "spent and training stops when it is spent (--epochs is then an upper bound); "
                                         "single process only")
     a("--no-amp", action="store_true", help="no bf16 autocast on CUDA (it is always off on CPU)")
-    a = group("optim", "recipe: augmentation, regularisation, distillation (on the device; default: crop and flip)")
+    recipe_flags(group("optim", "recipe: augmentation, regularisation, distillation (on the device; default: crop "
+                             "and flip)"))
+    a = group("run", "run (where and how; not what is trained)")
+    a("--seed", type=int, default=0, help="seeds the model, the batch order and the data subset")
+    a("--data-dir", default="data", help="folder holding cifar-10-batches-py / cifar-100-python (default: data)")
+    a("--no-download", action="store_true", help="fail instead of downloading a missing CIFAR archive")
+    a("--device", default="auto", help="auto (cuda if present), cpu or cuda")
+    a("--out", help="run folder (default: runs/<arch>[<attention>][-t<S>s]-<regime>[-f<F>|-n<N>|-r<R>-<profile>]"
+                    "-<dataset>-s<seed>)")
+    a("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    a("--overwrite", action="store_true", help="replace a run already in --out")
+    a("--thresholds", default="0.3,0.4,0.5,0.6,0.7,0.8,0.9", help="val accuracies for epochs_to/seconds_to")
+    a("--progress", default="auto", choices=["auto", "on", "off"], help="tqdm bar on rank 0 (auto: on a terminal)")
+    a("--stop-after-steps", type=int, help="stop abruptly after this many optimizer steps, as if killed (tests)")
+    a("--attention-backend", default="auto", choices=["auto", "sdpa", "flex"],
+      help="local, dilated, hybrid: flex_attention block masks (CUDA) or SDPA with a dense mask; "
+           "auto: flex on CUDA when available")
+    return p
+
+
+def recipe_flags(a):
+    """The recipe's flags of train.py (optim section), added through the group adder `a` of get_parser."""
     a("--recipe", choices=list(RECIPES), help="a preset: AugReg's none, light1, ..., strong2, or DeiT's deit; the "
                                               "flags below and above override its values")
     a("--randaug", metavar="N,M[,STD]", help="RandAugment: N ops per image, magnitude M of 10 (timm's rand-mM; "
@@ -149,22 +170,6 @@ def get_parser():
     a("--distill-alpha", type=float,
       help=f"weight of the distillation term (default {DISTILL_DEFAULTS['distill_alpha']})")
     a("--distill-tau", type=float, help=f"--distill soft: temperature (default {DISTILL_DEFAULTS['distill_tau']})")
-    a = group("run", "run (where and how; not what is trained)")
-    a("--seed", type=int, default=0, help="seeds the model, the batch order and the data subset")
-    a("--data-dir", default="data", help="folder holding cifar-10-batches-py / cifar-100-python (default: data)")
-    a("--no-download", action="store_true", help="fail instead of downloading a missing CIFAR archive")
-    a("--device", default="auto", help="auto (cuda if present), cpu or cuda")
-    a("--out", help="run folder (default: runs/<arch>[<attention>][-t<S>s]-<regime>[-f<F>|-n<N>|-r<R>-<profile>]"
-                    "-<dataset>-s<seed>)")
-    a("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    a("--overwrite", action="store_true", help="replace a run already in --out")
-    a("--thresholds", default="0.3,0.4,0.5,0.6,0.7,0.8,0.9", help="val accuracies for epochs_to/seconds_to")
-    a("--progress", default="auto", choices=["auto", "on", "off"], help="tqdm bar on rank 0 (auto: on a terminal)")
-    a("--stop-after-steps", type=int, help="stop abruptly after this many optimizer steps, as if killed (tests)")
-    a("--attention-backend", default="auto", choices=["auto", "sdpa", "flex"],
-      help="local, dilated, hybrid: flex_attention block masks (CUDA) or SDPA with a dense mask; "
-           "auto: flex on CUDA when available")
-    return p
 
 
 def resolve_config(args, sections, world=1):
@@ -177,6 +182,9 @@ def resolve_config(args, sections, world=1):
         if given["model"]["arch"] in RESNET_PRESETS:
             raise ValueError(f"--distill token adds a token to a ViT, not to --arch {given['model']['arch']}; "
                              "use soft or hard")
+        if given["optim"]["freeze"]:
+            raise ValueError("--distill token trains a distillation head and token; it cannot be a --freeze backbone "
+                             "probe (use --distill soft or hard)")
         given["model"] = dict(given["model"], distill_token=True)
     model = model_config(given["model"])
     data = data_config(given["data"])
@@ -210,19 +218,29 @@ def with_recipe(given):
             continue
         if out[section].get(key) is None:
             out[section][key] = value
+    # A mixing flag turned off (--mixup 0, --cutmix 0) takes the preset's probabilities of it along.
+    mixing = [k for k in ("mixup", "cutmix") if out["optim"].get(k)]
+    for key in ("mix_prob", "switch_prob"):
+        if optim.get(key) is None and key in preset and len(mixing) < (2 if key == "switch_prob" else 1):
+            out["optim"][key] = None
     return out
+
+
+def parse_randaug(text):
+    """'2,9' or '2,9,0.5' -> [N, M, STD] (STD 0 when not given); ValueError naming the text."""
+    try:
+        values = [float(v) for v in text.split(",")]
+        assert len(values) in (2, 3) and values[0] == int(values[0])
+    except (ValueError, AssertionError):
+        raise ValueError(f"--randaug '{text}' is not N,M or N,M,STD (e.g. 2,9 or 2,9,0.5)")
+    return [int(values[0]), values[1], values[2] if len(values) == 3 else 0.0]
 
 
 def recipe_config(optim):
     """The recipe keys of an optim section checked and kept only where they act (RandAugment as [N, M, STD], the
     mixing probabilities only with mixing, DeiT's distillation defaults); ValueError naming the flag."""
     if isinstance(optim.get("randaug"), str):
-        try:
-            values = [float(v) for v in optim["randaug"].split(",")]
-            assert len(values) in (2, 3) and values[0] == int(values[0])
-        except (ValueError, AssertionError):
-            raise ValueError(f"--randaug '{optim['randaug']}' is not N,M or N,M,STD (e.g. 2,9 or 2,9,0.5)")
-        optim["randaug"] = [int(values[0]), values[1], values[2] if len(values) == 3 else 0.0]
+        optim["randaug"] = parse_randaug(optim["randaug"])
     if "randaug" in optim:
         n, m, std = optim["randaug"]
         if not (0 <= n <= 10 and 0 <= m <= 30 and std >= 0):
@@ -248,8 +266,10 @@ def recipe_config(optim):
         raise ValueError(f"--repeated-aug {optim['repeated_aug']} must be at least 1")
     if optim.get("repeated_aug") == 1:
         del optim["repeated_aug"]
-    if not 0 < optim.get("ema", 0.5) < 1:
-        raise ValueError(f"--ema {optim['ema']} is outside (0, 1)")
+    if not 0 <= optim.get("ema", 0) < 1:
+        raise ValueError(f"--ema {optim['ema']} is outside [0, 1) (0: off)")
+    if optim.get("ema") == 0:
+        del optim["ema"]
     if ("teacher" in optim) != ("distill" in optim):
         raise ValueError("--teacher RUN_DIR and --distill soft|hard|token go together")
     if "distill_alpha" in optim and "distill" not in optim:
@@ -339,7 +359,8 @@ def start_tag(model, data, optim):
 
 def recipe_tag(optim):
     """The recipe in a run name: -<preset> for --recipe, else the augmentation flags given (-ra2m9, -mixup0.8,
-    -cutmix1, -re0.25, -rep3, -ema), then -kd<soft|hard|token> for distillation."""
+    -cutmix1, -re0.25, -rep3, -ema0.999), then -kd<soft|hard|token>[-a<alpha>][-t<tau>] for distillation (a
+    preset's values changed by flags are not named: give --out)."""
     if "recipe" in optim:
         tag = f"-{optim['recipe']}"
     else:
@@ -348,8 +369,12 @@ def recipe_tag(optim):
         tag += "".join(f"-{short}{optim[k]:g}" for k, short in (("mixup", "mixup"), ("cutmix", "cutmix"),
                                                               ("random_erasing", "re"), ("repeated_aug", "rep"))
                        if k in optim)
-        tag += "-ema" if "ema" in optim else ""
-    return tag + (f"-kd{optim['distill']}" if "distill" in optim else "")
+        tag += f"-ema{optim['ema']:g}" if "ema" in optim else ""
+    if "distill" in optim:
+        tag += f"-kd{optim['distill']}"
+        tag += "" if optim["distill_alpha"] == DISTILL_DEFAULTS["distill_alpha"] else f"-a{optim['distill_alpha']:g}"
+        tag += "" if optim.get("distill_tau", 1.0) == DISTILL_DEFAULTS["distill_tau"] else f"-t{optim['distill_tau']:g}"
+    return tag
 
 
 def default_out(model, data, optim, seed):
@@ -420,7 +445,7 @@ def set_lr(optimizer, progress, optim):
 def layer_lr_scale(name, depth, decay):
     """--layer-decay (BEiT, MAE): a ViT parameter's lr factor, decay^(depth + 1 - layer), with layer 0 the
     embeddings, i + 1 block i, depth + 1 the final norm and head."""
-    if name.startswith(("patch_embed.", "cls_token", "pos_embed")):
+    if name.startswith(("patch_embed.", "cls_token", "dist_token", "pos_embed")):
         layer = 0
     elif name.startswith("blocks."):
         layer = int(name.split(".")[1]) + 1
@@ -437,7 +462,7 @@ def make_optimizer(model, optim):
         if not p.requires_grad:
             continue
         scale = layer_lr_scale(name, len(model.blocks), optim["layer_decay"]) if "layer_decay" in optim else 1.0
-        decay = not (p.ndim <= 1 or "pos_embed" in name or "cls_token" in name)
+        decay = not (p.ndim <= 1 or name in ("pos_embed", "cls_token", "dist_token"))
         groups.setdefault((scale, decay), []).append(p)
     groups = [dict(params=params, weight_decay=optim["weight_decay"] if decay else 0.0, lr_scale=scale)
               for (scale, decay), params in sorted(groups.items(), key=lambda g: (not g[0][1], -g[0][0])) if params

@@ -653,6 +653,11 @@ def test_recipe_presets_resolve_to_the_documented_values():
         o, m = (cfg := resolve("--recipe", name))["optim"], cfg["model"]
         assert o["randaug"] == [2, magnitude, 0.0] and o.get("mixup") == alpha, name
         assert (m["dropout"], m["drop_path"], o["weight_decay"], o["label_smoothing"]) == (0.1, 0.1, 0.1, 0.0), name
+    # Switched off: a preset's mixing (with its probabilities) and its EMA.
+    off = resolve("--recipe", "deit", "--mixup", "0", "--cutmix", "0", "--ema", "0")["optim"]
+    assert not set(off) & {"mixup", "cutmix", "mix_prob", "switch_prob", "ema"} and off["random_erasing"] == 0.25
+    cut = resolve("--recipe", "deit", "--mixup", "0")["optim"]
+    assert (cut["cutmix"], cut["mix_prob"], "switch_prob" in cut) == (1.0, 1.0, False)
     none = resolve("--recipe", "none")
     assert "randaug" not in none["optim"] and "mixup" not in none["optim"]
     assert (none["model"]["dropout"], none["model"]["drop_path"]) == (0.0, 0.0)
@@ -675,7 +680,8 @@ def test_recipe_presets_resolve_to_the_documented_values():
     (["--switch-prob", "0.5", "--mixup", "0.8"], "--switch-prob only applies with both --mixup and --cutmix"),
     (["--mix-prob", "0.5"], "--mix-prob only applies with --mixup or --cutmix"),
     (["--repeated-aug", "0"], "--repeated-aug 0 must be at least 1"),
-    (["--ema", "1.5"], "--ema 1.5 is outside (0, 1)"),
+    (["--ema", "1.5"], "--ema 1.5 is outside [0, 1)"),
+    (["--teacher", "nowhere", "--distill", "token", "--freeze", "backbone"], "it cannot be a --freeze backbone probe"),
     (["--distill", "soft"], "--teacher RUN_DIR and --distill soft|hard|token go together"),
     (["--distill-tau", "2"], "--distill-alpha only applies|--distill-tau only applies"),
     (["--teacher", "nowhere", "--distill", "hard"], "--teacher nowhere is not a finished run folder"),
@@ -690,12 +696,28 @@ def test_bad_recipe_input_exits_2_with_one_line(tmp_path, exits_2, extra, messag
 
 
 @pytest.mark.slow
-def test_teacher_of_other_classes_exits_2(vit_run, tmp_path, exits_2):
+def test_teacher_of_other_classes_or_another_split_exits_2(vit_run, tmp_path, exits_2):
     run_dir, _ = vit_run
     err = exits_2([*BASE, "--classes", "0-4", "--teacher", str(run_dir), "--distill", "hard",
                    "--out", str(tmp_path / "run")])
     assert "was trained on synthetic (10 classes), this run trains on synthetic classes 0-4 (5 classes)" in err
+    err = exits_2([*BASE, "--seed", "1", "--teacher", str(run_dir), "--distill", "hard", "--out", str(tmp_path / "run")])
+    assert "was trained with --seed 0 --val-fraction 0.1, this run has --seed 1 --val-fraction 0.1" in err
+    # A distilled student's weights cannot start a model without the token (nor the reverse): one line.
+    err = exits_2([*BASE, "--init", str(run_dir), "--teacher", str(run_dir), "--distill", "token",
+                   "--out", str(tmp_path / "run")])
+    assert "only this model has a distillation token" in err
     assert not os.path.exists(tmp_path / "run")
+
+
+def test_distillation_token_trains_like_the_cls_token():
+    # DeiT's no_weight_decay holds dist_token; --layer-decay puts it with the embeddings.
+    import train
+    m = build_model("vit", 5, 16, depth=2, dim=32, heads=4, patch_size=4, distill_token=True)
+    groups = train.make_optimizer(m, dict(opt="adamw", lr=1e-3, weight_decay=0.05)).param_groups
+    no_decay = [g for g in groups if g["weight_decay"] == 0][0]["params"]
+    assert any(p is m.dist_token for p in no_decay) and any(p is m.cls_token for p in no_decay)
+    assert train.layer_lr_scale("dist_token", 2, 0.5) == train.layer_lr_scale("cls_token", 2, 0.5) == 0.125
 
 
 @pytest.mark.slow
@@ -718,6 +740,10 @@ def test_teacher_sees_the_students_batch_in_eval_mode_and_gets_no_gradient(vit_r
     norm = source["recorded"]["normalization"]
     expected, _ = predict(teacher, pixels, torch.zeros(4, dtype=torch.long), norm["mean"], norm["std"], device)
     assert torch.allclose(logits(normalize(pixels, data["mean"], data["std"])), expected, atol=1e-4)
+    # A batch of another size reaches the teacher resized to its input size (16 px here), after its standardising.
+    big = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
+    expected, _ = predict(teacher, big, torch.zeros(4, dtype=torch.long), norm["mean"], norm["std"], device, size=16)
+    assert torch.allclose(logits(normalize(big, data["mean"], data["std"])), expected, atol=1e-4)
     student = build_model("vit", 10, 16, depth=1, dim=32, heads=4, patch_size=4)
     images = normalize(pixels, data["mean"], data["std"]).requires_grad_(True)
     loss = train.make_loss(cfg, logits)(student(images), torch.arange(4), images)
