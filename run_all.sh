@@ -108,7 +108,7 @@ else
     finetune=(--epochs 3)
     imagenet_size=64  # a 224 px ViT-B/16 step takes seconds on 2 cores
     truncate_vit="1" truncate_resnet="1"
-    # Four presets on two cells (16 runs, 5 of them small): the corners (none, strong2, DeiT's) and one between,
+    # Four presets on two cells (16 runs, 8 of them on sparse 10%): the corners (none, strong2, DeiT's) and one between,
     # so every recipe code path runs without all eight presets at every fraction.
     recipes="none light2 strong2 deit"
     recipe_fractions="0.1"  # plus the standard regime (100%)

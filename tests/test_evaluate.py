@@ -189,9 +189,35 @@ def test_bench_data_times_both_pipelines_for_each_recipe(tmp_path):
     assert report["benchmark"] == "data" and report["settings"]["recipes"]["none"] == {}
     assert report["settings"]["recipes"]["deit"]["randaug"] == [2, 9.0, 0.5]
     rows = {(r["pipeline"], r["recipe"]): r for r in report["results"]}
-    assert set(rows) == {(p, r) for p in ("ours", "torchvision") for r in ("none", "deit")}
+    # ours-every-op (RandAugment applying all its ops, as torchvision's does) only where there is RandAugment.
+    assert set(rows) == {(p, r) for p in ("ours", "torchvision") for r in ("none", "deit")} | {("ours-every-op", "deit")}
     for r in rows.values():
         assert r["images_per_s"] == pytest.approx(2 * 8 / r["seconds"])
     for name in ("none", "deit"):
         ratio = rows["ours", name]["images_per_s"] / rows["torchvision", name]["images_per_s"]
         assert report["ratios"][name] == pytest.approx(ratio)
+    every_op = rows["ours-every-op", "deit"]["images_per_s"] / rows["torchvision", "deit"]["images_per_s"]
+    assert report["ratios_every_op"] == {"deit": pytest.approx(every_op)}
+
+
+def test_ema_moves_each_tensor_once_toward_the_model_and_copies_other_buffers():
+    torch.manual_seed(0)
+    # Linformer with --linformer-share kv: one matrix under two names; a Performer's random features are buffers.
+    model = ViT(10, 16, patch_size=4, depth=1, dim=32, heads=4, attention="linformer",
+                attention_options=dict(linformer_k=4, linformer_share="kv"))
+    ema = ViT(10, 16, patch_size=4, depth=1, dim=32, heads=4, attention="linformer",
+              attention_options=dict(linformer_k=4, linformer_share="kv"))
+    ema.load_state_dict(model.state_dict())
+    before = {k: v.clone() for k, v in ema.state_dict().items()}
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    evaluate.ema_update(evaluate.ema_pairs(ema, model), 0.9)
+    for name, p in ema.named_parameters():  # e = e + (1 - decay) (m - e): 0.1 of the way, once
+        assert torch.allclose(p, before[name] + 0.1), name
+    assert model.blocks[0].attn.proj_k is model.blocks[0].attn.proj_v
+    torch.manual_seed(0)
+    performer = ViT(10, 16, patch_size=4, depth=1, dim=32, heads=4, attention="performer")
+    copy = ViT(10, 16, patch_size=4, depth=1, dim=32, heads=4, attention="performer")
+    evaluate.ema_update(evaluate.ema_pairs(copy, performer), 0.9)
+    assert torch.equal(copy.blocks[0].attn.features, performer.blocks[0].attn.features)  # copied, not averaged
