@@ -209,8 +209,9 @@ def with_recipe(given):
         preset["lr"] = preset.pop("lr_per_512") * optim["batch_size"] / 512
     opt = optim["opt"] or preset.get("opt") or ("sgd" if arch in RESNET_PRESETS or given["model"]["init"]
                                                 or given["model"]["pretrained"] else "adamw")
-    if opt != "adamw" and "opt" not in preset:
-        preset.pop("weight_decay")
+    if opt != preset.get("opt", "adamw"):  # the preset's lr and weight decay are AdamW's: another optimiser keeps its own
+        for key in ("opt", "lr", "weight_decay"):
+            preset.pop(key, None)
     out = {section: dict(values) for section, values in given.items()}
     for key, value in preset.items():
         section = "model" if key in ("dropout", "drop_path") else "optim"
@@ -357,19 +358,21 @@ def start_tag(model, data, optim):
     return tag + (f"-{data['img_size']}px" if "img_size" in data else "")
 
 
+RECIPE_TAGS = (("mixup", "mixup"), ("cutmix", "cutmix"), ("random_erasing", "re"), ("repeated_aug", "rep"),
+               ("ema", "ema"))  # optim key: its short name in a run name
+
+
 def recipe_tag(optim):
-    """The recipe in a run name: -<preset> for --recipe, else the augmentation flags given (-ra2m9, -mixup0.8,
-    -cutmix1, -re0.25, -rep3, -ema0.999), then -kd<soft|hard|token>[-a<alpha>][-t<tau>] for distillation (a
-    preset's values changed by flags are not named: give --out)."""
-    if "recipe" in optim:
-        tag = f"-{optim['recipe']}"
-    else:
+    """The recipe in a run name: -<preset> for --recipe, then the augmentation values that differ from it (without
+    a preset: those given) as -ra2m9[s0.5], -mixup0.8, -cutmix1, -re0.25, -rep3, -ema0.999; then
+    -kd<soft|hard|token>[-a<alpha>][-t<tau>] for distillation. Dropout, drop-path, lr and weight decay are not named."""
+    preset = RECIPES.get(optim.get("recipe"), {})
+    differs = lambda key: (optim.get(key) or None) != (preset.get(key) or None)  # a value of 0 is one left out
+    tag = f"-{optim['recipe']}" if "recipe" in optim else ""
+    if differs("randaug"):
         n, m, std = optim.get("randaug", (0, 0, 0))
-        tag = f"-ra{n}m{m:g}" + (f"s{std:g}" if std else "") if n else ""
-        tag += "".join(f"-{short}{optim[k]:g}" for k, short in (("mixup", "mixup"), ("cutmix", "cutmix"),
-                                                              ("random_erasing", "re"), ("repeated_aug", "rep"))
-                       if k in optim)
-        tag += f"-ema{optim['ema']:g}" if "ema" in optim else ""
+        tag += f"-ra{n}m{m:g}" + (f"s{std:g}" if std else "") if n else "-ra0"
+    tag += "".join(f"-{short}{optim.get(key, 0):g}" for key, short in RECIPE_TAGS if differs(key))
     if "distill" in optim:
         tag += f"-kd{optim['distill']}"
         tag += "" if optim["distill_alpha"] == DISTILL_DEFAULTS["distill_alpha"] else f"-a{optim['distill_alpha']:g}"

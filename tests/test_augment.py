@@ -225,3 +225,26 @@ def test_levels_beyond_10_keep_the_image(name):
     out = A.rand_augment(x.contiguous(), torch.full((2, 1), A.OP_ID[name]), levels)
     for img in out:
         assert img.float().std() > 1 and img.max() > 0, (name, levels)
+
+
+def test_every_augmentation_keeps_shape_dtype_and_value_range():
+    n, h, w = 16, 16, 16
+    images = random_images(n, h, w, seed=5)
+    g = torch.Generator().manual_seed(0)
+    ops, levels = A.randaug_draws(n, 3, 20, 0.5, g, prob=1.0)  # strong: extrapolated levels, every op applied
+    out = A.rand_augment(images, ops, levels)
+    assert out.shape == images.shape and out.dtype == torch.uint8 and not torch.equal(out, images)
+    mean, std = torch.tensor([0.5, 0.4, 0.3]).view(1, 3, 1, 1), torch.tensor([0.2, 0.25, 0.3]).view(1, 3, 1, 1)
+    x = (out.float() / 255 - mean) / std
+    low, high = (0 - mean) / std, (1 - mean) / std  # the standardised range of uint8 pixels
+    erased = A.random_erase(x, A.erasing_draws(n, 1.0, h, w, g), torch.randn(x.shape, generator=g))
+    assert erased.shape == x.shape and erased.dtype == torch.float32 and (erased != x).any()
+    targets = A.soft_targets(torch.arange(n) % 10, 10, 0.1)
+    for lam, box in ((0.3, (0, 0, 0, 0)), (0.75, (2, 4, 8, 8))):  # mixup, cutmix
+        mixed, soft = A.mix_batch(x, targets, lam, box)
+        assert mixed.shape == x.shape and mixed.dtype == torch.float32 and soft.shape == targets.shape
+        # Each mixed pixel lies between its image's and its partner's, so inside the standardised uint8 range.
+        lo, hi = torch.minimum(x, x.flip(0)), torch.maximum(x, x.flip(0))
+        assert ((mixed >= lo - 1e-6) & (mixed <= hi + 1e-6)).all()
+        assert ((mixed >= low - 1e-6) & (mixed <= high + 1e-6)).all()
+        assert torch.allclose(soft.sum(1), torch.ones(n)) and (soft >= 0).all()

@@ -637,6 +637,21 @@ def test_distillation_token_model_has_two_heads_averaged_at_test():
     assert not torch.allclose(m.head.weight, m.head_dist.weight)  # two heads, not one shared
 
 
+def test_run_names_carry_the_recipe_and_what_flags_changed_of_it():
+    import train
+    p = train.get_parser()
+    name = lambda *argv: os.path.basename(train.resolve_config(p.parse_args(list(argv)), p.sections)["run"]["out"])
+    assert name("--recipe", "strong1") == "vit-strong1-standard-cifar10-s0"
+    assert name("--recipe", "strong1", "--mixup", "0.2") == "vit-strong1-mixup0.2-standard-cifar10-s0"
+    assert name("--recipe", "deit", "--mixup", "0", "--ema", "0.999") == "vit-deit-mixup0-ema0.999-standard-cifar10-s0"
+    assert name("--recipe", "deit", "--randaug", "2,9,0.5", "--cutmix", "1") == "vit-deit-standard-cifar10-s0"
+    assert name("--recipe", "strong2", "--randaug", "2,9") == "vit-strong2-ra2m9-standard-cifar10-s0"
+    assert name("--randaug", "2,9,0.5", "--random-erasing", "0.25", "--repeated-aug", "3") == \
+        "vit-ra2m9s0.5-re0.25-rep3-standard-cifar10-s0"
+    assert name("--teacher", "t", "--distill", "soft", "--distill-tau", "3", "--distill-alpha", "0.1") == \
+        "vit-kdsoft-a0.1-t3-standard-cifar10-s0"
+
+
 def test_recipe_presets_resolve_to_the_documented_values():
     import train
     p = train.get_parser()
@@ -666,6 +681,9 @@ def test_recipe_presets_resolve_to_the_documented_values():
     assert resolve("--recipe", "strong2", "--drop-path", "0")["model"]["drop_path"] == 0
     r = resolve("--arch", "resnet18", "--recipe", "light2")
     assert r["optim"]["weight_decay"] == 5e-4 and "dropout" not in r["model"] and r["optim"]["randaug"][1] == 10
+    # DeiT's lr and weight decay are AdamW's: another optimiser keeps its own, the rest of the preset stays.
+    sgd = resolve("--recipe", "deit", "--opt", "sgd")["optim"]
+    assert (sgd["lr"], sgd["weight_decay"], sgd["momentum"], sgd["mixup"]) == (0.1, 5e-4, 0.9, 0.8)
     # Without a recipe nothing of it appears: old configs and new ones of the default recipe stay equal.
     plain = resolve()["optim"]
     assert not set(plain) & {"recipe", "randaug", "mixup", "cutmix", "random_erasing", "repeated_aug", "ema"}
@@ -749,6 +767,41 @@ def test_teacher_sees_the_students_batch_in_eval_mode_and_gets_no_gradient(vit_r
     loss = train.make_loss(cfg, logits)(student(images), torch.arange(4), images)
     loss.backward()
     assert all(q.grad is None for q in teacher.parameters()) and student.head.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.slow
+def test_in_training_the_teacher_sees_each_augmented_mixed_batch_and_never_changes(vit_run, tmp_path, monkeypatch):
+    import train
+    run_dir, _ = vit_run
+    batches, calls, teachers = [], [], []
+    real_batch, real_logits = train.training_batch, train.teacher_logits
+
+    def recording_batch(*args):
+        images, targets = real_batch(*args)
+        batches.append((images, targets))
+        return images, targets
+
+    def recording_logits(teacher, *args):
+        logits = real_logits(teacher, *args)
+        teachers.append(teacher)
+
+        def wrapped(images):
+            out = logits(images)
+            calls.append((images, teacher.training, any(q.requires_grad for q in teacher.parameters()),
+                          out.requires_grad))
+            return out
+        return wrapped
+
+    monkeypatch.setattr(train, "training_batch", recording_batch)
+    monkeypatch.setattr(train, "teacher_logits", recording_logits)
+    run_train(tmp_path / "s", *TINY_VIT, *TINY_DATA, "--epochs", "1", "--randaug", "2,9", "--mixup", "0.8",
+              "--teacher", str(run_dir), "--distill", "soft")
+    assert len(calls) == len(batches) > 1 and all(targets.ndim == 2 for _, targets in batches)  # mixed: soft targets
+    for (images, _), (seen, training, trainable, grad) in zip(batches, calls):
+        assert seen is images and not training and not trainable and not grad
+    source = checkpoint_model(run_dir)  # the teacher's weights are the run's, untouched by the student's steps
+    (teacher,) = teachers
+    assert all(torch.equal(source[k], v) for k, v in teacher.state_dict().items())
 
 
 @pytest.mark.slow
