@@ -4,7 +4,8 @@
     python analyze.py runs/quick --out results
 
 Reads only run folders (config.json, metrics.jsonl, final.json) anywhere under the given folders. Unfinished
-runs (no final.json) are skipped and counted. Runs whose configs differ only by seed form one group;
+runs (no final.json) are skipped and counted; failed runs (final.json status "failed": a nan loss) are listed
+under Failed runs and left out of every number. Runs whose configs differ only by seed form one group;
 every number is that group's mean +- standard deviation over seeds (n = number of seeds). This file holds the
 command line, the report and the data-regime sections; analyze_attention.py the attention sections,
 analyze_transfer.py the transfer sections (pretraining, truncation, attention swap), analyze_recipes.py the training
@@ -271,11 +272,12 @@ RECIPE_SECTIONS = (section_distillation, section_recipes)  # the only sections t
 
 def write_report(roots, out):
     """Load, group, plot and write out/report.md; returns the report text."""
-    groups, n_runs, skipped = load_groups(roots)
+    failed = []
+    groups, n_runs, skipped = load_groups(roots, failed)
     parts = ["# ViT vs CNN: report", f"{n_runs} finished runs in {len(groups)} groups (runs that differ only by "
-             f"seed); {skipped} unfinished runs skipped. Numbers are mean ± standard deviation over seeds, accuracies "
-             "in percent. A gap counts as a finding only when it is larger than the two groups' standard deviations "
-             "added together."]
+             f"seed); {skipped} unfinished runs skipped; {len(failed)} failed runs left out of every number (listed "
+             "under Failed runs). Numbers are mean ± standard deviation over seeds, accuracies in percent. A gap counts "
+             "as a finding only when it is larger than the two groups' standard deviations added together."]
     for title, section in SECTIONS:
         if section is section_attention_scaling:  # the one section built from benchmark files, not run folders
             body = section(find_benches(roots), out)
@@ -286,6 +288,8 @@ def write_report(roots, out):
             body = section(gs, out) if gs else None
             missing = "No runs for this section yet (see run_all.sh)."
         parts.append(f"## {title}\n\n" + (body or missing))
+    parts.append("## Failed runs\n\n" + ("\n".join(f"- `{path}`: {reason}" for path, reason in failed) if failed else
+                                           "None: no run's final.json says failed."))
     text = "\n\n".join(parts) + "\n"
     os.makedirs(out, exist_ok=True)
     write_atomic(os.path.join(out, "report.md"), text)

@@ -86,8 +86,9 @@ def flat_view(sections):
             "seed": sections["run"].get("seed", 0), "thresholds": sections["run"].get("thresholds", [])}
 
 
-def load_runs(roots):
-    """Every run folder under roots: (finished runs as dicts, number of unfinished ones skipped)."""
+def load_runs(roots, failed=None):
+    """Every run folder under roots: (finished runs as dicts, number of unfinished ones skipped); runs whose
+    final.json says failed (a nan loss) are never among them: their (folder, reason) go to the list `failed`."""
     runs, skipped = [], 0
     for root in roots:
         for folder, _, files in sorted(os.walk(root)):
@@ -100,6 +101,9 @@ def load_runs(roots):
                 sections = sections_of(json.load(f))
             with open(os.path.join(folder, "final.json")) as f:
                 final = json.load(f)
+            if final.get("status") == "failed":
+                (failed if failed is not None else []).append((folder, final.get("reason", "no reason recorded")))
+                continue
             rows = []
             if os.path.exists(os.path.join(folder, "metrics.jsonl")):
                 with open(os.path.join(folder, "metrics.jsonl")) as f:
@@ -470,9 +474,10 @@ def base(groups):
     return [g for g in groups if g["model"] in BASE_ARCHS and from_scratch_all_classes(g)]
 
 
-def load_groups(roots):
-    """(groups sorted by data cell and model, finished runs, unfinished runs skipped) of every run under roots."""
-    runs, skipped = load_runs(roots)
+def load_groups(roots, failed=None):
+    """(groups sorted by data cell and model, finished runs, unfinished runs skipped) of every run under roots;
+    failed runs go to the list `failed` as (folder, reason)."""
+    runs, skipped = load_runs(roots, failed)
     return sorted(group_runs(runs), key=lambda g: (g["cell"], g["model"])), len(runs), skipped
 
 

@@ -139,6 +139,11 @@ job() {  # job NAME ARCH [train.py flags...]: one run per seed, in RUNS/NAME-s<s
         # shellcheck disable=SC2206  # the size flags are meant to split into words
         local cmd=("${run_with[@]}" train.py --arch "$arch" ${size[$arch]:-} "${common[@]}" "${@//@SEED@/$seed}"
                    --seed "$seed" --out "$out")
+        if grep -qs '"status": "failed"' "$out/final.json"; then  # a nan loss: listed, not rerun (--overwrite does)
+            failed+=("$out (failed before: see its final.json)")
+            [ "$dry_run" = 1 ] && echo "# failed: ${cmd[*]}"
+            continue
+        fi
         if [ -f "$out/final.json" ]; then
             done_before=$((done_before + 1))
             [ "$dry_run" = 1 ] && echo "# done: ${cmd[*]}"

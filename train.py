@@ -25,8 +25,8 @@ from data import (CORRUPTIONS, DATA_DEFAULTS, DATASETS, REGIME_OPTIONS, REGIMES,
                   normalize, rank_batches, resize)
 from evaluate import (SECTIONS, Parser, attention_backend, autocast, build_run_data, build_run_model, device_name,
                       ema_pairs, ema_update, evaluate_split, fail, final_metrics, git_commit, load_checkpoint,
-                      load_teacher, make_device, read_config, save_checkpoint, start_weights, test_metrics, versions,
-                      write_json, write_jsonl)
+                      load_teacher, make_device, read_config, read_json, save_checkpoint, start_weights, test_metrics,
+                      versions, write_json, write_jsonl)
 from model import ARCHS, DEFAULT_WEIGHTS, RESNET_PRESETS, VIT_DEFAULTS, count_params, model_config
 
 # Each optimiser's defaults; ResNets train with sgd and ViTs with adamw unless --opt says otherwise.
@@ -128,6 +128,8 @@ def get_parser():
                                         "spent and training stops when it is spent (--epochs is then an upper bound); "
                                         "single process only")
     a("--no-amp", action="store_true", help="no bf16 autocast on CUDA (it is always off on CPU)")
+    a("--skip-nonfinite", type=int, metavar="K", help="skip up to K steps whose loss is nan or inf (default: a "
+                                                      "non-finite loss stops the run, final.json says failed)")
     recipe_flags(group("optim", "recipe: augmentation, regularisation, distillation (on the device; default: crop "
                              "and flip)"))
     a = group("run", "run (where and how; not what is trained)")
@@ -322,6 +324,10 @@ def optim_config(given, arch, world, finetune=False):
         raise ValueError(f"--weight-decay {optim['weight_decay']} must be 0 or more")
     if not 0 <= optim["warmup_epochs"] <= optim["epochs"]:
         raise ValueError(f"--warmup-epochs {optim['warmup_epochs']} must be in [0, --epochs {optim['epochs']}]")
+    if optim.get("skip_nonfinite", 0) < 0:
+        raise ValueError(f"--skip-nonfinite {optim['skip_nonfinite']} must be 0 or more")
+    if optim.get("skip_nonfinite") == 0:
+        del optim["skip_nonfinite"]
     if optim.get("time_budget", 1) <= 0:
         raise ValueError(f"--time-budget {optim['time_budget']} must be positive seconds")
     if "time_budget" in optim and world > 1:  # each process's clock would end its run at another step
@@ -405,6 +411,10 @@ def check_out_dir(cfg, world):
     if not os.path.isdir(path):
         where = "" if path == os.path.abspath(out) else f": {path}"
         raise ValueError(f"--out {out}{where} is a file, not a folder")
+    failed = has("final.json") and read_json(os.path.join(out, "final.json")).get("status") == "failed"
+    if failed and not cfg["run"]["overwrite"]:  # resuming would meet the same nan again
+        raise ValueError(f"the run in {out} failed ({read_json(os.path.join(out, 'final.json'))['reason']}); pass "
+                         "--overwrite to start it again")
     if cfg["run"]["resume"]:
         if not (has("checkpoint.pt") and has("config.json")):
             raise ValueError(f"--resume: {out} has no checkpoint.pt to resume from")
@@ -558,6 +568,31 @@ def make_loss(cfg, teacher=None):
 
 # ----------------------------------------------------------------------------- training
 
+class NonFiniteLoss(RuntimeError):
+    """A nan or inf training loss (beyond --skip-nonfinite): the run stops and final.json says it failed."""
+
+
+def check_loss(loss, first_bad, i, epoch, clock, cfg, check_now):
+    """Whether step i is to be skipped (its loss is nan or inf, within --skip-nonfinite), else the epoch's first
+    bad step so far, kept on the device (-1: none) and read back only at check_now; NonFiniteLoss to stop."""
+    finite = torch.isfinite(loss.detach())
+    allowed = cfg["optim"].get("skip_nonfinite", 0)
+    if allowed:  # to skip a step we must know now: one read-back per step, only with this option
+        if bool(finite):
+            return False, first_bad
+        clock["skipped_steps"] += 1
+        if clock["skipped_steps"] <= allowed:
+            print(f"epoch {epoch + 1} step {i + 1}: loss is {loss.item()}, step skipped ({clock['skipped_steps']} "
+                  f"of --skip-nonfinite {allowed})", file=sys.stderr, flush=True)
+            return True, first_bad
+        raise NonFiniteLoss(f"loss is {loss.item()} at epoch {epoch + 1} step {i + 1}, after {allowed} skipped steps "
+                            "(--skip-nonfinite)")
+    first_bad = torch.where(finite | (first_bad >= 0), first_bad, torch.full_like(first_bad, i))
+    if check_now and int(first_bad) >= 0:
+        raise NonFiniteLoss(f"loss is nan or inf at epoch {epoch + 1} step {int(first_bad) + 1}")
+    return False, first_bad
+
+
 def epoch_draws(train, epoch, cfg, world):
     """The epoch's order and crop/flip draws and the recipe's (or None), made on the CPU from (seed, epoch) and put
     on the device in one copy each; the RandAugment ops (grouped on the host) and the per-batch mixing draws stay
@@ -595,6 +630,7 @@ def train_one_epoch(net, train, epoch, clock, cfg, rank, world):
     set_train_mode(model, optim)
     t0 = time.time()
     totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, count: read once per epoch
+    first_bad = torch.full((), -1, dtype=torch.long, device=device)  # the epoch's first step with a nan or inf loss
     plan = epoch_draws(train, epoch, cfg, world)
     bar = tqdm(train["batches"], desc=f"epoch {epoch + 1}/{optim['epochs']}", disable=not train["show_bar"],
                leave=False)
@@ -608,6 +644,12 @@ def train_one_epoch(net, train, epoch, clock, cfg, rank, world):
         with autocast(device, optim["amp"]):  # bf16 matmuls on CUDA; the loss is taken in float32
             outputs = model(resize(images, train["size"], train["resize"]))
         loss = net["loss"](outputs, targets, images)  # a teacher sees the same batch, at its own size
+        # A nan or inf loss stops the run before its step (on CUDA within 20 steps: no read-back every step); the
+        # epoch's checkpoint is never written, so the last good one stays.
+        skip, first_bad = check_loss(loss, first_bad, i, epoch, clock, cfg,
+                                     device.type != "cuda" or i % 20 == 19 or i == len(train["batches"]) - 1)
+        if skip:
+            continue
         optimizer.zero_grad(set_to_none=True)
         loss.backward()  # under DDP this also averages the gradients over the processes
         if optim["grad_clip"] > 0:
@@ -637,6 +679,8 @@ def train_one_epoch(net, train, epoch, clock, cfg, rank, world):
     seconds = time.time() - t0
     clock["train_step_seconds"] += seconds
     loss_sum, correct, count = totals.tolist()
+    if count == 0:
+        raise NonFiniteLoss(f"every step of epoch {epoch + 1} had a nan or inf loss and was skipped")
     stats = dict(lr=lr, train_loss=loss_sum / count, train_acc=correct / count, images_per_s=count / seconds)
     return stats, out_of_time
 
@@ -673,7 +717,8 @@ def run_epochs(net, data, start, history, clock, cfg, device, rank, world):
             save_checkpoint(os.path.join(out, "checkpoint.pt"), dict(
                 model=model.state_dict(), optimizer=net["optimizer"].state_dict(), epoch=epoch + 1, history=history,
                 elapsed=clock["elapsed"], train_step_seconds=clock["train_step_seconds"],
-                peak_memory_mb=clock["peak_memory_mb"], **({"ema": net["ema"].state_dict()} if net["ema"] else {})))
+                peak_memory_mb=clock["peak_memory_mb"], skipped_steps=clock["skipped_steps"],
+                **({"ema": net["ema"].state_dict()} if net["ema"] else {})))
             val_text = f"val_loss {val_loss:.4f} val_acc {val_acc:.4f}" if val_acc is not None else "no validation set"
             print(f"epoch {epoch + 1}/{cfg['optim']['epochs']} train_loss {stats['train_loss']:.4f} train_acc "
                   f"{stats['train_acc']:.4f} {val_text} {stats['images_per_s']:.0f} img/s {clock['elapsed']:.1f}s",
@@ -753,6 +798,7 @@ def resume(cfg, net, device, clock):
     if net["ema"] is not None:
         net["ema"].load_state_dict(ckpt["ema"])
     clock |= {k: ckpt[k] for k in ("elapsed", "train_step_seconds", "peak_memory_mb")}
+    clock["skipped_steps"] = ckpt.get("skipped_steps", 0)  # checkpoints from before --skip-nonfinite lack it
     return ckpt["epoch"], ckpt["history"]  # the rest of ckpt goes now: a second copy would stay on the device
 
 
@@ -780,8 +826,9 @@ def finish_run(cfg, net, data, device, history, clock):
     if net["ema"] is not None:
         final["ema"] = {k: v for k, v in test_metrics(net["ema"], data, device, amp).items()
                         if k in ("test_acc", "test_top5", "macro_f1")}
-    final |= dict(peak_memory_mb=clock["peak_memory_mb"], train_time_s=clock["elapsed"],
+    final |= dict(status="finished", peak_memory_mb=clock["peak_memory_mb"], train_time_s=clock["elapsed"],
                   train_step_time_s=clock["train_step_seconds"], epochs=len(history))
+    final |= {"skipped_steps": clock["skipped_steps"]} if "skip_nonfinite" in cfg["optim"] else {}
     write_json(os.path.join(cfg["run"]["out"], "final.json"), final)
     summary = f"test_acc {final['test_acc']:.4f} top5 {final['test_top5']:.4f} macro_f1 {final['macro_f1']:.4f}"
     for key, text in (("head_test_acc", "heads cls {cls:.4f} dist {dist:.4f}"), ("ema", "ema {test_acc:.4f}")):
@@ -811,7 +858,8 @@ def main(argv=None):
         started = start_from(cfg, model, data)
         net, teacher = build_net(cfg, model, data, device)
         start, history = 0, []
-        clock = dict(elapsed=0.0, train_step_seconds=0.0, peak_memory_mb=None, steps=0)  # steps: of this launch
+        clock = dict(elapsed=0.0, train_step_seconds=0.0, peak_memory_mb=None, skipped_steps=0,
+                     steps=0)  # steps: of this launch
         if cfg["run"]["resume"]:
             start, history = resume(cfg, net, device, clock)
     except ValueError as e:
@@ -833,7 +881,15 @@ def main(argv=None):
             model, device_ids=[device.index] if device.type == "cuda" else None)
     if rank == 0:
         open_run_folder(cfg, recorded, start, device)
-    run_epochs(net, data, start, history, clock, cfg, device, rank, world)
+    try:
+        run_epochs(net, data, start, history, clock, cfg, device, rank, world)
+    except NonFiniteLoss as e:  # the last good checkpoint stays; final.json says what happened, for run_all/analyze
+        if rank == 0:
+            write_json(os.path.join(cfg["run"]["out"], "final.json"), dict(
+                status="failed", reason=str(e), last_checkpoint_epoch=len(history), epochs=len(history)))
+        kept = f"the checkpoint of epoch {len(history)} is kept" if history else "no epoch finished, no checkpoint"
+        print(f"train.py: error: {e}; {kept}; final.json says failed", file=sys.stderr, flush=True)
+        return 1
     if world > 1:  # the final evaluation runs on rank 0 alone: no collective may wait on it
         dist.barrier()
         dist.destroy_process_group()

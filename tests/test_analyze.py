@@ -17,9 +17,14 @@ def test_seeds_are_aggregated_and_findings_state_the_measured_gap(tmp_path):
     for seed in range(3):
         fake_run(tmp_path, "resnet18-standard", seed, 0.90, arch="resnet18")
     fake_run(tmp_path, "vit-standard", 3, 0.10, finished=False)  # killed run: must not enter the mean
+    # A failed run (a nan loss) is listed apart and never averaged in, whatever its final.json holds besides.
+    fake_run(tmp_path, "vit-standard", 4, 0.10, final_extra=dict(status="failed", reason="loss is nan or inf at "
+                                                                  "epoch 2 step 4"))
     report, n, skipped = analyze.write_report([str(tmp_path)], str(tmp_path / "out"))
     assert (n, skipped) == (6, 1)
-    assert "6 finished runs in 2 groups" in report and "1 unfinished runs skipped" in report
+    assert "6 finished runs in 2 groups" in report and "1 unfinished runs skipped; 1 failed runs" in report
+    failed = report.split("## Failed runs\n\n")[1].strip()
+    assert failed == f"- `{tmp_path}/vit-standard-s4`: loss is nan or inf at epoch 2 step 4"
     # test acc, top-5, macro-F1, best val, params, train s: mean ± sample std over 3 seeds, in percent.
     assert row_of(report, "vit", "standard (cifar10)") == \
         "| vit | standard (cifar10) | 3 | 82.0 ± 2.0 | 92.0 ± 2.0 | 81.0 ± 2.0 | 82.0 ± 2.0 | 1,000 | 20 ± 0 |"

@@ -176,6 +176,13 @@ def test_finished_runs_are_skipped_and_interrupted_ones_resumed(tmp_path):
     assert cmds[1].endswith("resnet18-standard-synthetic-s0 --resume")
     assert cmds[2].startswith("python3 train.py --arch vit-11m --depth 2 --dim 192 --heads 4 --mlp-ratio 2 ")
     assert len(cmds) == 3
+    # A run whose final.json says failed (a nan loss) is neither rerun nor counted as done.
+    out = tmp_path / cmds[2].split("--out ")[1].split()[0].split("/")[-1]
+    out.mkdir()
+    (out / "final.json").write_text('{\n "status": "failed",\n "reason": "loss is nan or inf at epoch 1 step 2"\n}')
+    cmds = run_all("--dry-run", "--profile", "quick", "--only", "matched-params", "--runs", str(tmp_path),
+                   "--data-dir", str(tmp_path / "none")).stdout.splitlines()[1:]
+    assert cmds[2].startswith("# failed: python3 train.py --arch vit-11m ")
 
 
 def test_one_runs_folder_holds_one_profile(tmp_path):

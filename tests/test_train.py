@@ -206,6 +206,7 @@ BASE = [*TINY_VIT, *TINY_DATA, "--epochs", "1"]
     (["--regime", "corrupted", "--corruptions", "fog"], "unknown corruption 'fog'; choose from gaussian_noise"),
     (["--train-corruption", "fog"], "argument --train-corruption: invalid choice: 'fog'"),
     (["--regime", "sparse", "--fraction", "0"], "--fraction 0.0 is outside (0, 1]"),
+    (["--skip-nonfinite", "-1"], "--skip-nonfinite -1 must be 0 or more"),
     (["--regime", "sparse", "--fraction", "1.5"], "--fraction 1.5 is outside (0, 1]"),
     (["--regime", "sparse", "--per-class", "55"], "--per-class 55 is larger than the smallest class (54 training"),
     (["--fraction", "0.5"], "--fraction only applies to --regime sparse"),
@@ -824,3 +825,49 @@ def test_token_distillation_reports_each_head_and_the_teacher(vit_run, tmp_path)
         logits, _ = predict(model, data["x_test"], data["y_test"], norm["mean"], norm["std"], torch.device("cpu"))
         assert (logits.argmax(1) == data["y_test"]).double().mean().item() == pytest.approx(expected), head
     assert rows[-1]["train_loss"] < rows[0]["train_loss"]
+
+
+def nan_at_step(monkeypatch, bad_step):
+    """Make train.py's loss nan at global step `bad_step` (1-based) of this process's next run."""
+    import train
+    real, calls = train.make_loss, [0]
+
+    def make_loss(cfg, teacher=None):
+        loss = real(cfg, teacher)
+
+        def poisoned(*args):
+            calls[0] += 1
+            value = loss(*args)
+            return value * float("nan") if calls[0] == bad_step else value
+        return poisoned
+    monkeypatch.setattr(train, "make_loss", make_loss)
+
+
+@pytest.mark.slow
+def test_a_nan_loss_stops_the_run_keeps_the_last_checkpoint_and_says_failed(tmp_path, monkeypatch, capsys, exits_2):
+    import train
+    from data import rank_batches
+    steps = len(rank_batches(540, 32, 0, 1))  # TINY_DATA: 600 images, 60 for validation, batches of 32
+    nan_at_step(monkeypatch, steps + 4)  # epoch 2, step 4
+    out = tmp_path / "nan"
+    assert train.main([*TINY_VIT, *TINY_DATA, "--epochs", "3", "--out", str(out), "--progress", "off"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["train.py: error: loss is nan or inf at epoch 2 step 4; the checkpoint of epoch 1 is kept; "
+                   "final.json says failed"]
+    cfg, rows, final = read_run(out)
+    assert final == dict(status="failed", reason="loss is nan or inf at epoch 2 step 4", last_checkpoint_epoch=1,
+                         epochs=1)
+    checkpoint = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert checkpoint["epoch"] == 1 and len(rows) == 1
+    assert all(torch.isfinite(v).all() for v in checkpoint["model"].values() if v.is_floating_point())
+    # A failed run is not resumed (the same nan would come back): one line, exit 2, nothing changed.
+    err = exits_2([*TINY_VIT, *TINY_DATA, "--epochs", "3", "--out", str(out), "--resume"])
+    assert f"the run in {out} failed (loss is nan or inf at epoch 2 step 4); pass --overwrite" in err
+    assert read_run(out)[2] == final
+    # --skip-nonfinite 1 steps over the same nan and finishes, counting the skipped step.
+    nan_at_step(monkeypatch, steps + 4)
+    cfg, rows, final = run_train(tmp_path / "skip", *TINY_VIT, *TINY_DATA, "--epochs", "3", "--skip-nonfinite", "1")
+    assert final["status"] == "finished" and final["skipped_steps"] == 1 and cfg["optim"]["skip_nonfinite"] == 1
+    assert len(rows) == 3 and all(math.isfinite(r["train_loss"]) for r in rows)
+    assert "epoch 2 step 4: loss is nan, step skipped (1 of --skip-nonfinite 1)" in capsys.readouterr().err
+
