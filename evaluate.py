@@ -89,6 +89,55 @@ def read_config(run_dir):
     return config
 
 
+def lock_run_folder(out):
+    """Take out/.lock for this process (pid, host); ValueError naming the holder if a live process has it. A lock
+    whose process is gone (on this host) or that cannot be read is stale: taken over, and said so on stderr."""
+    path, me = os.path.join(out, ".lock"), dict(pid=os.getpid(), host=platform.node())
+    os.makedirs(out, exist_ok=True)
+    write_atomic(f"{path}.{me['pid']}", json.dumps(me))  # whole before it is visible as .lock
+    for _ in range(2):
+        try:
+            os.link(f"{path}.{me['pid']}", path)  # fails if .lock exists: one process wins
+            os.remove(f"{path}.{me['pid']}")
+            return
+        except FileExistsError:
+            try:
+                holder = read_json(path)
+                alive = holder["host"] != me["host"] or pid_alive(holder["pid"])  # another host's: assume alive
+            except (ValueError, KeyError, TypeError):
+                holder, alive = None, False
+            if alive:
+                os.remove(f"{path}.{me['pid']}")
+                raise ValueError(f"{out} is in use by pid {holder['pid']} on {holder['host']} (its .lock); wait for "
+                                 "it, or stop it")
+            print(f"{out}: took over the stale lock of " + (f"pid {holder['pid']} (no longer running)" if holder
+                                                             else "an unreadable .lock"), file=sys.stderr)
+            os.remove(path)
+    os.remove(f"{path}.{me['pid']}")
+    raise ValueError(f"{out}/.lock was taken by another process while a stale one was replaced; try again")
+
+
+def pid_alive(pid):
+    """Whether a process with this pid runs on this host."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, under another user
+        return True
+    return True
+
+
+def unlock_run_folder(out):
+    """Remove out/.lock if this process holds it."""
+    path = os.path.join(out, ".lock")
+    try:
+        if read_json(path).get("pid") == os.getpid():
+            os.remove(path)
+    except (ValueError, OSError):
+        pass
+
+
 def save_checkpoint(path, checkpoint):
     """torch.save to a temp file, then rename: a kill while saving leaves the previous checkpoint whole."""
     torch.save(checkpoint, f"{path}.tmp")

@@ -25,8 +25,8 @@ from data import (CORRUPTIONS, DATA_DEFAULTS, DATASETS, REGIME_OPTIONS, REGIMES,
                   normalize, rank_batches, resize)
 from evaluate import (SECTIONS, Parser, attention_backend, autocast, build_run_data, build_run_model, device_name,
                       ema_pairs, ema_update, evaluate_split, fail, final_metrics, git_commit, load_checkpoint,
-                      load_teacher, make_device, read_config, read_json, save_checkpoint, start_weights, test_metrics,
-                      versions, write_json, write_jsonl)
+                      load_teacher, lock_run_folder, make_device, read_config, read_json, save_checkpoint,
+                      start_weights, test_metrics, unlock_run_folder, versions, write_json, write_jsonl)
 from model import ARCHS, DEFAULT_WEIGHTS, RESNET_PRESETS, VIT_DEFAULTS, count_params, model_config
 
 # Each optimiser's defaults; ResNets train with sgd and ViTs with adamw unless --opt says otherwise.
@@ -838,6 +838,29 @@ def finish_run(cfg, net, data, device, history, clock):
     print(f"{cfg['run']['out']}: {summary}", flush=True)
 
 
+def join_processes(net, device):
+    """Under torchrun: the process group, and the model wrapped for DDP (SyncBatchNorm on CUDA)."""
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    model = net["model"]
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        # Per-process BatchNorm statistics would differ from the 1-GPU run. The converted model keeps the same
+        # parameter tensors, so the optimizer built above still holds them.
+        net["model"] = model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    net["ddp_model"] = torch.nn.parallel.DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def fail_run(cfg, history, error, rank):
+    """A nan or inf loss: final.json says failed (the last good checkpoint stays), one line; exit code 1."""
+    if rank == 0:
+        write_json(os.path.join(cfg["run"]["out"], "final.json"), dict(
+            status="failed", reason=str(error), last_checkpoint_epoch=len(history), epochs=len(history)))
+    kept = f"the checkpoint of epoch {len(history)} is kept" if history else "no epoch finished, no checkpoint"
+    print(f"train.py: error: {error}; {kept}; final.json says failed", file=sys.stderr, flush=True)
+    return 1
+
+
 def main(argv=None):
     """Parse, check, train, evaluate and write the run folder."""
     parser = get_parser()
@@ -862,40 +885,34 @@ def main(argv=None):
                      steps=0)  # steps: of this launch
         if cfg["run"]["resume"]:
             start, history = resume(cfg, net, device, clock)
+        if rank == 0:  # the last check: a second process on this run folder stops here, before it writes anything
+            lock_run_folder(cfg["run"]["out"])
     except ValueError as e:
         fail(e, "train.py")
 
-    recorded = record(cfg, data, model, backend, device, world) | ({"teacher": teacher} if teacher else {})
-    if started is not None and rank == 0:  # the accuracy of the starting weights, before any training step
-        started["before"] = start_accuracy(model, data, device, cfg["optim"]["amp"])
-        recorded["init"] = started
-        print(start_line(cfg, started), flush=True)
-    if world > 1:
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
-            # Per-process BatchNorm statistics would differ from the 1-GPU run. The converted model keeps the same
-            # parameter tensors, so the optimizer built above still holds them.
-            net["model"] = model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        net["ddp_model"] = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
-    if rank == 0:
-        open_run_folder(cfg, recorded, start, device)
     try:
-        run_epochs(net, data, start, history, clock, cfg, device, rank, world)
-    except NonFiniteLoss as e:  # the last good checkpoint stays; final.json says what happened, for run_all/analyze
+        recorded = record(cfg, data, model, backend, device, world) | ({"teacher": teacher} if teacher else {})
+        if started is not None and rank == 0:  # the accuracy of the starting weights, before any training step
+            started["before"] = start_accuracy(model, data, device, cfg["optim"]["amp"])
+            recorded["init"] = started
+            print(start_line(cfg, started), flush=True)
+        if world > 1:
+            join_processes(net, device)
         if rank == 0:
-            write_json(os.path.join(cfg["run"]["out"], "final.json"), dict(
-                status="failed", reason=str(e), last_checkpoint_epoch=len(history), epochs=len(history)))
-        kept = f"the checkpoint of epoch {len(history)} is kept" if history else "no epoch finished, no checkpoint"
-        print(f"train.py: error: {e}; {kept}; final.json says failed", file=sys.stderr, flush=True)
-        return 1
-    if world > 1:  # the final evaluation runs on rank 0 alone: no collective may wait on it
-        dist.barrier()
-        dist.destroy_process_group()
-    if rank == 0:
-        finish_run(cfg, net, data, device, history, clock)
-    return 0
+            open_run_folder(cfg, recorded, start, device)
+        try:
+            run_epochs(net, data, start, history, clock, cfg, device, rank, world)
+        except NonFiniteLoss as e:
+            return fail_run(cfg, history, e, rank)
+        if world > 1:  # the final evaluation runs on rank 0 alone: no collective may wait on it
+            dist.barrier()
+            dist.destroy_process_group()
+        if rank == 0:
+            finish_run(cfg, net, data, device, history, clock)
+        return 0
+    finally:
+        if rank == 0:
+            unlock_run_folder(cfg["run"]["out"])
 
 
 if __name__ == "__main__":

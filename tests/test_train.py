@@ -4,6 +4,7 @@ import math
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -871,3 +872,32 @@ def test_a_nan_loss_stops_the_run_keeps_the_last_checkpoint_and_says_failed(tmp_
     assert len(rows) == 3 and all(math.isfinite(r["train_loss"]) for r in rows)
     assert "epoch 2 step 4: loss is nan, step skipped (1 of --skip-nonfinite 1)" in capsys.readouterr().err
 
+
+
+@pytest.mark.slow
+def test_a_run_folder_in_use_is_refused_and_a_stale_lock_is_taken_over(tmp_path, exits_2, capsys):
+    import platform
+    out = tmp_path / "run"
+    # A real training process holds the folder: a second one exits 2 naming it, and changes nothing.
+    trainer = subprocess.Popen([sys.executable, os.path.join(ROOT, "train.py"), *TINY_VIT, *TINY_DATA, "--epochs", "200",
+                                "--out", str(out), "--progress", "off"], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(600):  # until it has taken the lock (torch's import takes seconds)
+            if (out / ".lock").exists() and (out / "config.json").exists():
+                break
+            trainer.poll()
+            assert trainer.returncode is None
+            time.sleep(0.1)
+        before = sorted(os.listdir(out))
+        err = exits_2([*BASE, "--out", str(out), "--overwrite"])
+        assert f"{out} is in use by pid {trainer.pid} on {platform.node()} (its .lock); wait for it" in err
+        assert sorted(os.listdir(out)) == before and os.path.exists(out / "config.json")
+    finally:
+        trainer.kill()  # SIGKILL: no cleanup, the lock stays behind
+        trainer.wait()
+    assert json.load(open(out / ".lock")) == dict(pid=trainer.pid, host=platform.node())
+    capsys.readouterr()
+    cfg, rows, final = run_train(out, *BASE, "--overwrite")
+    assert f"took over the stale lock of pid {trainer.pid} (no longer running)" in capsys.readouterr().err
+    assert final["status"] == "finished" and not (out / ".lock").exists()
