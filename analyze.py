@@ -276,8 +276,8 @@ def write_report(roots, out):
     groups, n_runs, skipped = load_groups(roots, failed)
     parts = ["# ViT vs CNN: report", f"{n_runs} finished runs in {len(groups)} groups (runs that differ only by "
              f"seed); {skipped} unfinished runs skipped; {len(failed)} failed runs left out of every number (listed "
-             "under Failed runs). Numbers are mean ± standard deviation over seeds, accuracies in percent. A gap counts "
-             "as a finding only when it is larger than the two groups' standard deviations added together."]
+             "under Failed runs). Numbers are mean ± standard deviation over seeds, accuracies in percent. A gap "
+             "counts as a finding only when it is larger than the two groups' standard deviations added together."]
     for title, section in SECTIONS:
         if section is section_attention_scaling:  # the one section built from benchmark files, not run folders
             body = section(find_benches(roots), out)

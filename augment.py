@@ -25,8 +25,8 @@ differs, below). Levels above 10 extrapolate linearly (AugReg uses 15 and 20), w
   Color, Contrast, Brightness, Sharpness   factor 1 +/- 0.9 f, at least 0.1 as timm's (Color is saturation)
   ShearX, ShearY     shear factor +/- 0.3 f about the top-left corner (torchvision's angle degrees(atan(0.3 f)))
   TranslateX, TranslateY     +/- 0.45 f of the image side, truncated to whole pixels (torchvision's int())
-Geometric ops sample the nearest pixel (torchvision's RandAugment default) and fill with `fill` (timm's default grey 128;
-DeiT's timm call fills with the dataset mean).
+Geometric ops sample the nearest pixel (torchvision's RandAugment default) and fill with `fill` (timm's default grey
+128; DeiT's timm call fills with the dataset mean).
 Every op equals the torchvision.transforms.v2.functional kernel it names, pixel for pixel (tests/test_augment.py).
 """
 import math

@@ -53,11 +53,26 @@ class Parser(argparse.ArgumentParser):
         fail(message, self.prog)
 
 
+PAUSE_AT = os.environ.get("LAB_PAUSE_AT")  # the kill -9 tests' hook: see pause_point
+PAUSES = {}
+
+
+def pause_point(name):
+    """With LAB_PAUSE_AT=name:k (tests of kill -9): the k-th time this process gets here, say so on stderr and wait
+    to be killed. Points: step, eval, and each run-folder file name, between its temp file and the rename."""
+    if PAUSE_AT and PAUSE_AT.partition(":")[0] == name:
+        PAUSES[name] = PAUSES.get(name, 0) + 1
+        if PAUSES[name] == int(PAUSE_AT.partition(":")[2] or 1):
+            print(f"paused at {PAUSE_AT}", file=sys.stderr, flush=True)
+            time.sleep(600)
+
+
 def write_atomic(path, text):
     """Write text to a temp file in the same folder, then rename it over path: never a truncated file."""
     tmp = f"{path}.tmp{os.getpid()}"
     with open(tmp, "w") as f:
         f.write(text)
+    pause_point(os.path.basename(path))
     os.replace(tmp, path)
 
 
@@ -141,6 +156,7 @@ def unlock_run_folder(out):
 def save_checkpoint(path, checkpoint):
     """torch.save to a temp file, then rename: a kill while saving leaves the previous checkpoint whole."""
     torch.save(checkpoint, f"{path}.tmp")
+    pause_point(os.path.basename(path))
     os.replace(f"{path}.tmp", path)
 
 
@@ -816,9 +832,9 @@ def bench_data(argv):
         for pipeline in ("ours", "ours-every-op", "torchvision"):
             if pipeline == "ours-every-op" and every_op is None:
                 continue
+            timed = every_op if pipeline == "ours-every-op" else recipe
             seconds = (time_torchvision(recipe, mean, std, a, device) if pipeline == "torchvision" else
-                       time_ours(every_op if pipeline == "ours-every-op" else recipe, x_train, y_train, ours_mean, ours_std,
-                                 a, device))
+                       time_ours(timed, x_train, y_train, ours_mean, ours_std, a, device))
             rates[pipeline] = a.batches * a.batch_size / seconds
             report["results"].append(dict(pipeline=pipeline, recipe=name, images_per_s=rates[pipeline],
                                           batches=a.batches, seconds=seconds))

@@ -25,7 +25,7 @@ from data import (CORRUPTIONS, DATA_DEFAULTS, DATASETS, REGIME_OPTIONS, REGIMES,
                   normalize, rank_batches, resize)
 from evaluate import (SECTIONS, Parser, attention_backend, autocast, build_run_data, build_run_model, device_name,
                       ema_pairs, ema_update, evaluate_split, fail, final_metrics, git_commit, load_checkpoint,
-                      load_teacher, lock_run_folder, make_device, read_config, read_json, save_checkpoint,
+                      load_teacher, lock_run_folder, make_device, pause_point, read_config, read_json, save_checkpoint,
                       start_weights, test_metrics, unlock_run_folder, versions, write_json, write_jsonl)
 from model import ARCHS, DEFAULT_WEIGHTS, RESNET_PRESETS, VIT_DEFAULTS, count_params, model_config
 
@@ -211,7 +211,7 @@ def with_recipe(given):
         preset["lr"] = preset.pop("lr_per_512") * optim["batch_size"] / 512
     opt = optim["opt"] or preset.get("opt") or ("sgd" if arch in RESNET_PRESETS or given["model"]["init"]
                                                 or given["model"]["pretrained"] else "adamw")
-    if opt != preset.get("opt", "adamw"):  # the preset's lr and weight decay are AdamW's: another optimiser keeps its own
+    if opt != preset.get("opt", "adamw"):  # the preset's lr and weight decay are AdamW's: another optimiser has its own
         for key in ("opt", "lr", "weight_decay"):
             preset.pop(key, None)
     out = {section: dict(values) for section, values in given.items()}
@@ -664,6 +664,7 @@ def train_one_epoch(net, train, epoch, clock, cfg, rank, world):
         totals[1] += (logits.argmax(1) == (targets.argmax(1) if targets.ndim == 2 else targets)).sum()
         totals[2] += len(targets)
         clock["steps"] += 1
+        pause_point("step")
         if train["show_bar"] and i % 20 == 0:  # the one read-back, every 20 steps and only with a bar
             bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.2e}")
         if run["stop_after_steps"] is not None and clock["steps"] >= run["stop_after_steps"]:
@@ -703,6 +704,7 @@ def run_epochs(net, data, start, history, clock, cfg, device, rank, world):
         if device.type == "cuda":
             peak = torch.cuda.max_memory_allocated(device) / 2 ** 20
             clock["peak_memory_mb"] = max(clock["peak_memory_mb"] or 0, peak)
+        pause_point("eval")
         val_loss, val_acc = evaluate_split(model, data["x_val"], data["y_val"], data, device, amp, rank, world)
         ema_val = {}
         if net["ema"] is not None:  # the averaged weights, validated beside the raw ones
@@ -713,12 +715,13 @@ def run_epochs(net, data, start, history, clock, cfg, device, rank, world):
                             train_acc=stats["train_acc"], val_loss=val_loss, val_acc=val_acc,
                             images_per_s=stats["images_per_s"], **ema_val))
         if rank == 0:
-            write_jsonl(os.path.join(out, "metrics.jsonl"), history)
+            # The checkpoint first: metrics.jsonl never shows an epoch that a resume would not start after.
             save_checkpoint(os.path.join(out, "checkpoint.pt"), dict(
                 model=model.state_dict(), optimizer=net["optimizer"].state_dict(), epoch=epoch + 1, history=history,
                 elapsed=clock["elapsed"], train_step_seconds=clock["train_step_seconds"],
                 peak_memory_mb=clock["peak_memory_mb"], skipped_steps=clock["skipped_steps"],
                 **({"ema": net["ema"].state_dict()} if net["ema"] else {})))
+            write_jsonl(os.path.join(out, "metrics.jsonl"), history)
             val_text = f"val_loss {val_loss:.4f} val_acc {val_acc:.4f}" if val_acc is not None else "no validation set"
             print(f"epoch {epoch + 1}/{cfg['optim']['epochs']} train_loss {stats['train_loss']:.4f} train_acc "
                   f"{stats['train_acc']:.4f} {val_text} {stats['images_per_s']:.0f} img/s {clock['elapsed']:.1f}s",

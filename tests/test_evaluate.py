@@ -114,10 +114,7 @@ def test_bench_attention_writes_the_documented_fields_and_linear_kinds_scale_lin
     flops = lambda v, t: rows[(v, "layer", t)]["flops"]
     assert flops("full", 4097) / flops("full", 1025) > 10 and flops("local", 4097) < flops("full", 4097) / 10
     for v in ("linformer", "performer", "nystrom"):
-        assert flops(v, 4097) / flops(v, 1025) < 5
-        ms = lambda t: rows[(v, "layer", t)]["forward_backward_ms"]["median"]
-        growth = ms(4097) / ms(1025)
-        assert growth < 10, (v, growth)  # quadratic would be 16; about 3-4 measured on an idle 2-core CPU
+        assert flops(v, 4097) / flops(v, 1025) < 5  # counted, not timed: a busy machine cannot fail it
 
 
 def test_bench_attention_bad_input_exits_2(tmp_path, capsys):
@@ -190,7 +187,8 @@ def test_bench_data_times_both_pipelines_for_each_recipe(tmp_path):
     assert report["settings"]["recipes"]["deit"]["randaug"] == [2, 9.0, 0.5]
     rows = {(r["pipeline"], r["recipe"]): r for r in report["results"]}
     # ours-every-op (RandAugment applying all its ops, as torchvision's does) only where there is RandAugment.
-    assert set(rows) == {(p, r) for p in ("ours", "torchvision") for r in ("none", "deit")} | {("ours-every-op", "deit")}
+    expected = {(p, r) for p in ("ours", "torchvision") for r in ("none", "deit")} | {("ours-every-op", "deit")}
+    assert set(rows) == expected
     for r in rows.values():
         assert r["images_per_s"] == pytest.approx(2 * 8 / r["seconds"])
     for name in ("none", "deit"):
