@@ -328,6 +328,8 @@ def optim_config(given, arch, world, finetune=False):
         raise ValueError(f"--skip-nonfinite {optim['skip_nonfinite']} must be 0 or more")
     if optim.get("skip_nonfinite") == 0:
         del optim["skip_nonfinite"]
+    if "skip_nonfinite" in optim and world > 1:  # a step skipped on one process would leave DDP's others waiting
+        raise ValueError(f"--skip-nonfinite needs a single process, not {world}")
     if optim.get("time_budget", 1) <= 0:
         raise ValueError(f"--time-budget {optim['time_budget']} must be positive seconds")
     if "time_budget" in optim and world > 1:  # each process's clock would end its run at another step

@@ -393,6 +393,8 @@ def test_time_budget_refuses_several_processes(tmp_path, exits_2, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     err = exits_2([*BASE, "--time-budget", "5", "--out", str(tmp_path / "x")])
     assert "--time-budget needs a single process, not 2" in err
+    err = exits_2([*BASE, "--skip-nonfinite", "2", "--out", str(tmp_path / "x")])
+    assert "--skip-nonfinite needs a single process, not 2" in err
 
 
 @pytest.mark.slow
