@@ -52,6 +52,17 @@ def get_parser():
         g = p.add_argument_group(title)
         return lambda *flags, **kw: p.sections[section].append(g.add_argument(*flags, **kw).dest)
 
+    model_flags(group)
+    data_flags(group)
+    optim_flags(group("optim", "optimisation"))
+    recipe_flags(group("optim", "recipe: augmentation, regularisation, distillation (on the device; default: crop "
+                             "and flip)"))
+    run_flags(group("run", "run (where and how; not what is trained)"))
+    return p
+
+
+def model_flags(group):
+    """The model section's flags of train.py (model, starting weights, attention), added through get_parser's group."""
     a = group("model", "model (ViT sizes override the preset)")
     a("--arch", default="vit", choices=ARCHS, metavar="ARCH", help=f"model: {', '.join(ARCHS)} (default: vit)")
     for name in ("depth", "dim", "heads", "patch_size"):
@@ -77,6 +88,10 @@ def get_parser():
     for name, o in ATTENTION_OPTIONS.items():
         a(option_flag(name), type=o.get("type"), choices=o.get("choices"),
           help=f"{', '.join(sorted(o['kinds']))}: {o['help']} (default {o['default']})")
+
+
+def data_flags(group):
+    """The data section's flags of train.py (the data and the regimes), added through get_parser's group."""
     a = group("data", "data")
     a("--dataset", choices=DATASETS, metavar="DATASET",
       help=f"{', '.join(DATASETS)} (default: cifar100 for many-classes, else cifar10)")
@@ -106,7 +121,10 @@ def get_parser():
       help=f"severity for --train-corruption (default {TRAIN_CORRUPTION_OPTIONS['train_severity']})")
     a("--train-corruption-fraction", type=float,
       help=f"share of training images corrupted (default {TRAIN_CORRUPTION_OPTIONS['train_corruption_fraction']})")
-    a = group("optim", "optimisation")
+
+
+def optim_flags(a):
+    """The optimisation flags of train.py (optim section), added through the group adder `a` of get_parser."""
     a("--epochs", type=int, default=100)
     a("--batch-size", type=int, default=128, help="global batch size (split across processes)")
     a("--opt", choices=list(OPTIMIZERS), help="default: adamw for ViT, sgd for ResNet")
@@ -130,9 +148,10 @@ def get_parser():
     a("--no-amp", action="store_true", help="no bf16 autocast on CUDA (it is always off on CPU)")
     a("--skip-nonfinite", type=int, metavar="K", help="skip up to K steps whose loss is nan or inf (default: a "
                                                       "non-finite loss stops the run, final.json says failed)")
-    recipe_flags(group("optim", "recipe: augmentation, regularisation, distillation (on the device; default: crop "
-                             "and flip)"))
-    a = group("run", "run (where and how; not what is trained)")
+
+
+def run_flags(a):
+    """The run section's flags of train.py (where and how, not what is trained), added through get_parser's adder a."""
     a("--seed", type=int, default=0, help="seeds the model, the batch order and the data subset")
     a("--data-dir", default="data", help="folder holding cifar-10-batches-py / cifar-100-python (default: data)")
     a("--no-download", action="store_true", help="fail instead of downloading a missing CIFAR archive")
@@ -147,8 +166,6 @@ def get_parser():
     a("--attention-backend", default="auto", choices=["auto", "sdpa", "flex"],
       help="local, dilated, hybrid: flex_attention block masks (CUDA) or SDPA with a dense mask; "
            "auto: flex on CUDA when available")
-    return p
-
 
 def recipe_flags(a):
     """The recipe's flags of train.py (optim section), added through the group adder `a` of get_parser."""
