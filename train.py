@@ -430,10 +430,9 @@ def check_out_dir(cfg, world):
     if not os.path.isdir(path):
         where = "" if path == os.path.abspath(out) else f": {path}"
         raise ValueError(f"--out {out}{where} is a file, not a folder")
-    failed = has("final.json") and read_json(os.path.join(out, "final.json")).get("status") == "failed"
-    if failed and not cfg["run"]["overwrite"]:  # resuming would meet the same nan again
-        raise ValueError(f"the run in {out} failed ({read_json(os.path.join(out, 'final.json'))['reason']}); pass "
-                         "--overwrite to start it again")
+    final = read_json(os.path.join(out, "final.json")) if has("final.json") else {}
+    if final.get("status") == "failed" and not cfg["run"]["overwrite"]:  # resuming would meet the same nan again
+        raise ValueError(f"the run in {out} failed ({final['reason']}); pass --overwrite to start it again")
     if cfg["run"]["resume"]:
         if not (has("checkpoint.pt") and has("config.json")):
             raise ValueError(f"--resume: {out} has no checkpoint.pt to resume from")
@@ -591,11 +590,12 @@ class NonFiniteLoss(RuntimeError):
     """A nan or inf training loss (beyond --skip-nonfinite): the run stops and final.json says it failed."""
 
 
-def check_loss(loss, first_bad, i, epoch, clock, cfg, check_now):
-    """Whether step i is to be skipped (its loss is nan or inf, within --skip-nonfinite), else the epoch's first
-    bad step so far, kept on the device (-1: none) and read back only at check_now; NonFiniteLoss to stop."""
+def check_loss(loss, first_bad, i, steps, epoch, clock, optim):
+    """Whether step i (of the epoch's `steps`) is to be skipped (its loss is nan or inf, within --skip-nonfinite),
+    and the epoch's first bad step so far, kept on the device (-1: none); NonFiniteLoss to stop the run. On CUDA
+    that step is read back every 20 steps and at the epoch's end, not at every step (no sync per step)."""
     finite = torch.isfinite(loss.detach())
-    allowed = cfg["optim"].get("skip_nonfinite", 0)
+    allowed = optim.get("skip_nonfinite", 0)
     if allowed:  # to skip a step we must know now: one read-back per step, only with this option
         if bool(finite):
             return False, first_bad
@@ -607,6 +607,7 @@ def check_loss(loss, first_bad, i, epoch, clock, cfg, check_now):
         raise NonFiniteLoss(f"loss is {loss.item()} at epoch {epoch + 1} step {i + 1}, after {allowed} skipped steps "
                             "(--skip-nonfinite)")
     first_bad = torch.where(finite | (first_bad >= 0), first_bad, torch.full_like(first_bad, i))
+    check_now = loss.device.type != "cuda" or i % 20 == 19 or i == steps - 1
     if check_now and int(first_bad) >= 0:
         raise NonFiniteLoss(f"loss is nan or inf at epoch {epoch + 1} step {int(first_bad) + 1}")
     return False, first_bad
@@ -637,11 +638,18 @@ def training_batch(train, plan, part, i, optim):
                         train["classes"], optim["label_smoothing"])
 
 
+def kill_points(clock, run):
+    """The tests' ways of killing a run after a step: LAB_PAUSE_AT=step:k (for a real SIGKILL), --stop-after-steps."""
+    pause_point("step")
+    if run["stop_after_steps"] is not None and clock["steps"] >= run["stop_after_steps"]:
+        print(f"stopped after {clock['steps']} steps (--stop-after-steps); continue with --resume", file=sys.stderr)
+        os._exit(3)  # like a kill: no cleanup, no final files
+
+
 def train_one_epoch(net, train, epoch, clock, cfg, rank, world):
     """One epoch of optimizer steps, this process taking its share of each global batch; returns the epoch's lr,
     train loss and accuracy, images/s and whether the time budget ran out. Advances clock (step seconds, steps)."""
-    optim, run = cfg["optim"], cfg["run"]
-    model, optimizer = net["ddp_model"], net["optimizer"]
+    optim, run, model, optimizer = cfg["optim"], cfg["run"], net["ddp_model"], net["optimizer"]
     device, budget = train["x"].device, optim.get("time_budget")
     total_steps = optim["epochs"] * len(train["batches"])
     # Dropout, drop-path and the erasing noise draw from the global generator, seeded per epoch (and rank).
@@ -663,10 +671,8 @@ def train_one_epoch(net, train, epoch, clock, cfg, rank, world):
         with autocast(device, optim["amp"]):  # bf16 matmuls on CUDA; the loss is taken in float32
             outputs = model(resize(images, train["size"], train["resize"]))
         loss = net["loss"](outputs, targets, images)  # a teacher sees the same batch, at its own size
-        # A nan or inf loss stops the run before its step (on CUDA within 20 steps: no read-back every step); the
-        # epoch's checkpoint is never written, so the last good one stays.
-        skip, first_bad = check_loss(loss, first_bad, i, epoch, clock, cfg,
-                                     device.type != "cuda" or i % 20 == 19 or i == len(train["batches"]) - 1)
+        # A nan or inf loss stops the run before its step (on CUDA within 20): the last good checkpoint stays.
+        skip, first_bad = check_loss(loss, first_bad, i, len(train["batches"]), epoch, clock, optim)
         if skip:
             continue
         optimizer.zero_grad(set_to_none=True)
@@ -683,12 +689,9 @@ def train_one_epoch(net, train, epoch, clock, cfg, rank, world):
         totals[1] += (logits.argmax(1) == (targets.argmax(1) if targets.ndim == 2 else targets)).sum()
         totals[2] += len(targets)
         clock["steps"] += 1
-        pause_point("step")
         if train["show_bar"] and i % 20 == 0:  # the one read-back, every 20 steps and only with a bar
             bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.2e}")
-        if run["stop_after_steps"] is not None and clock["steps"] >= run["stop_after_steps"]:
-            print(f"stopped after {clock['steps']} steps (--stop-after-steps); continue with --resume", file=sys.stderr)
-            os._exit(3)  # like a kill: no cleanup, no final files
+        kill_points(clock, run)
         if budget and clock["train_step_seconds"] + time.time() - t0 >= budget:
             out_of_time = True
             break
