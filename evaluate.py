@@ -189,13 +189,17 @@ def versions():
 
 
 def make_device(name, local_rank=0):
-    """torch.device for --device; ValueError for CUDA where there is none (never a quiet CPU run)."""
+    """torch.device for --device (TF32 matmuls and convolutions on for CUDA); ValueError for CUDA where there is
+    none (never a quiet CPU run)."""
     if name not in ("auto", "cpu", "cuda"):
         raise ValueError(f"--device '{name}' is not one of auto, cpu, cuda")
     if name == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda was asked for, but no CUDA GPU is available (use --device cpu)")
     if name == "cpu" or not torch.cuda.is_available():
         return torch.device("cpu")
+    # float32 matmuls (--no-amp, the loss, the optimizer's math) on the tensor cores: 10 mantissa bits, as timm
+    # and airbench train; bf16 autocast is unaffected.
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     return torch.device("cuda", local_rank)
 
 
@@ -418,28 +422,65 @@ def threshold_crossings(history, thresholds):
     return epochs_to, seconds_to
 
 
-def count_flops(net, x):
-    """Forward FLOPs of net(x) (a multiply-add counts 2) by torch.utils.flop_counter; a window counts only the
-    pairs it allows."""
-    net.eval()
+def count_flops(net, x, backward=False):
+    """FLOPs of net(x) (a multiply-add counts 2) by torch.utils.flop_counter, with backward=True those of a training
+    step's forward and backward (the gradients are dropped afterwards); a window counts only the pairs it allows."""
+    training, buffers = net.training, [b.clone() for b in net.buffers()]
+    net.train(backward)  # a step's forward runs in training mode (dropout's masks are elementwise: no FLOPs)
     layers = [m for m in net.modules() if isinstance(m, Attention)]
     backends = [m.backend for m in layers]
     for m in layers:  # the counter cannot run flex_attention; SDPA computes the same attention
         m.backend = "sdpa"
+    # The count leaves no trace: dropout's draws come from a forked generator, BatchNorm's statistics and the
+    # gradients are put back as they were.
     try:  # the math backend runs attention as matmuls the counter sees (it has no formula for the fused kernels)
-        with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
-            net(x)
+        with (torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []),
+              torch.set_grad_enabled(backward), sdpa_kernel(SDPBackend.MATH),
+              FlopCounterMode(display=False) as counter):
+            out = net(x)
+            if backward:
+                sum(o.float().sum() for o in (out if isinstance(out, tuple) else (out,))).backward()
     finally:
         for m, backend in zip(layers, backends):
             m.backend = backend
+        net.train(training)
+        with torch.no_grad():
+            for b, saved in zip(net.buffers(), buffers):
+                b.copy_(saved)
+        if backward:
+            net.zero_grad(set_to_none=True)
     # The math path scores every (query, key) pair of a windowed kind; only the allowed pairs are its work (what
-    # a block-sparse kernel approaches): Q K^T and the weighted sum of V take 2 * 2 * width FLOPs per pair.
+    # a block-sparse kernel approaches): Q K^T and the weighted sum of V take 2 * 2 * width FLOPs per pair
+    # forward, and each of their two gradients as much again.
     masked_out = 0
     for m in layers:
         for radius, shape, dilation in getattr(m, "windows", []):
             mask = local_attention_mask(*m.grid, radius, m.num_prefix_tokens, shape, dilation)
-            masked_out += int((~mask).sum()) * 4 * m.proj.in_features * len(x)
+            masked_out += int((~mask).sum()) * 4 * m.proj.in_features * len(x) * (3 if backward else 1)
     return counter.get_total_flops() - masked_out
+
+
+# Dense tensor-core peaks in TFLOP/s from NVIDIA's data sheets, by a name torch.cuda.get_device_name contains (the
+# first that matches): bf16 for autocast, tf32 for float32 (TF32 is on). A GPU not listed, or a CPU: give
+# --peak-tflops, else MFU is null.
+PEAK_TFLOPS = {"H100 PCIe": dict(bf16=756, tf32=378), "H100 NVL": dict(bf16=835, tf32=418),
+               "H100": dict(bf16=989, tf32=495), "H200": dict(bf16=989, tf32=495), "GH200": dict(bf16=989, tf32=495),
+               "A100": dict(bf16=312, tf32=156), "L40S": dict(bf16=362, tf32=183), "L4": dict(bf16=121, tf32=60),
+               "RTX 4090": dict(bf16=165, tf32=82.6)}
+
+
+def peak_tflops(device, amp, given=None):
+    """The device's peak TFLOP/s for the dtype its matmuls use (given: --peak-tflops), or None when unknown."""
+    if given is not None or device.type != "cuda":
+        return given
+    name = torch.cuda.get_device_name(device)
+    peaks = next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
+    return peaks and peaks["bf16" if amp else "tf32"]
+
+
+def mfu(flops, seconds, peak):
+    """Model FLOPs utilisation: counted FLOPs per second over the peak (TFLOP/s); None without a peak or time."""
+    return flops / seconds / (peak * 1e12) if peak and seconds else None
 
 
 def _sync(device):

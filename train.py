@@ -24,9 +24,10 @@ from data import (CORRUPTIONS, DATA_DEFAULTS, DATASETS, REGIME_OPTIONS, REGIMES,
                   SYNTHETIC_OPTIONS, TRAIN_CORRUPTION_OPTIONS, augment, class_list_text, data_config, epoch_plan,
                   normalize, rank_batches, resize)
 from evaluate import (SECTIONS, Parser, attention_backend, autocast, build_run_data, build_run_model, device_name,
-                      ema_pairs, ema_update, evaluate_split, fail, final_metrics, git_commit, load_checkpoint,
-                      load_teacher, lock_run_folder, make_device, pause_point, read_config, read_json, save_checkpoint,
-                      start_weights, test_metrics, unlock_run_folder, versions, write_json, write_jsonl)
+                      count_flops, ema_pairs, ema_update, evaluate_split, fail, final_metrics, git_commit,
+                      load_checkpoint, load_teacher, lock_run_folder, make_device, mfu, pause_point, peak_tflops,
+                      read_config, read_json, save_checkpoint, start_weights, test_metrics, unlock_run_folder, versions,
+                      write_json, write_jsonl)
 from model import ARCHS, DEFAULT_WEIGHTS, RESNET_PRESETS, VIT_DEFAULTS, count_params, model_config
 
 # Each optimiser's defaults; ResNets train with sgd and ViTs with adamw unless --opt says otherwise.
@@ -166,6 +167,10 @@ def run_flags(a):
     a("--attention-backend", default="auto", choices=["auto", "sdpa", "flex"],
       help="local, dilated, hybrid: flex_attention block masks (CUDA) or SDPA with a dense mask; "
            "auto: flex on CUDA when available")
+    a("--compile", action="store_true", help="torch.compile the model for the training steps (compiled before the "
+                                             "clock starts; evaluation and checkpoints use the plain module)")
+    a("--peak-tflops", type=float, help="the device's peak TFLOP/s, for final.json's mfu (default: evaluate.py's "
+                                        "table of GPUs; none on CPU)")
 
 def recipe_flags(a):
     """The recipe's flags of train.py (optim section), added through the group adder `a` of get_parser."""
@@ -215,6 +220,8 @@ def resolve_config(args, sections, world=1):
         raise ValueError(f"--thresholds '{run['thresholds']}' is not a comma-separated list of numbers")
     if not all(0 < t <= 1 for t in run["thresholds"]):
         raise ValueError(f"--thresholds {given['run']['thresholds']} must be accuracies in (0, 1]")
+    if run["peak_tflops"] is not None and not run["peak_tflops"] > 0:
+        raise ValueError(f"--peak-tflops {run['peak_tflops']} must be a positive number of TFLOP/s")
     run["out"] = run["out"] or default_out(model, data, optim, run["seed"])
     return dict(model=model, data=data, optim=optim, run=run)
 
@@ -498,9 +505,12 @@ def make_optimizer(model, optim):
     groups = [dict(params=params, weight_decay=optim["weight_decay"] if decay else 0.0, lr_scale=scale)
               for (scale, decay), params in sorted(groups.items(), key=lambda g: (not g[0][1], -g[0][0])) if params
               or scale == 1.0]
+    # fused: one kernel (CUDA) or one vectorised loop (CPU) updates every tensor of a group, instead of a few
+    # small ops per tensor: the same update (SGD's bit for bit, AdamW's to the last float32 bit).
     if optim["opt"] == "sgd":
-        return torch.optim.SGD(groups, lr=optim["lr"], momentum=optim["momentum"], nesterov=optim["momentum"] > 0)
-    return torch.optim.AdamW(groups, lr=optim["lr"])
+        return torch.optim.SGD(groups, lr=optim["lr"], momentum=optim["momentum"], nesterov=optim["momentum"] > 0,
+                               fused=True)
+    return torch.optim.AdamW(groups, lr=optim["lr"], fused=True)
 
 
 def head_of(model):
@@ -702,10 +712,29 @@ def train_one_epoch(net, train, epoch, clock, cfg, rank, world):
     seconds = time.time() - t0
     clock["train_step_seconds"] += seconds
     loss_sum, correct, count = totals.tolist()
+    if clock["images"] is not None:  # None: resumed from a checkpoint older than the count
+        clock["images"] += int(count)
     if count == 0:
         raise NonFiniteLoss(f"every step of epoch {epoch + 1} had a nan or inf loss and was skipped")
     stats = dict(lr=lr, train_loss=loss_sum / count, train_acc=correct / count, images_per_s=count / seconds)
     return stats, out_of_time
+
+
+def compile_steps(net, train, optim):
+    """--compile: run the compiled forward and backward once for each batch size of an epoch, so compiling is done
+    before any clock starts; weights, BatchNorm statistics and gradients stay as they were (each epoch seeds the
+    random generators itself)."""
+    model, x = net["ddp_model"], train["x"]
+    buffers = [b.clone() for b in net["model"].buffers()]
+    set_train_mode(model, optim)
+    for n in sorted({part.stop - part.start for part in train["batches"]}, reverse=True):
+        with autocast(x.device, optim["amp"]):
+            outputs = model(normalize(x[:n], train["mean"], train["std"], train["size"], train["resize"]))
+        sum(o.float().sum() for o in (outputs if isinstance(outputs, tuple) else (outputs,))).backward()
+    net["model"].zero_grad(set_to_none=True)
+    with torch.no_grad():
+        for b, saved in zip(net["model"].buffers(), buffers):
+            b.copy_(saved)
 
 
 def run_epochs(net, data, start, history, clock, cfg, device, rank, world):
@@ -718,6 +747,8 @@ def run_epochs(net, data, start, history, clock, cfg, device, rank, world):
                  resize=data["resize"], recipe=recipe_of(cfg["optim"]), classes=data["num_classes"],
                  mean=torch.tensor(data["mean"], device=device), std=torch.tensor(data["std"], device=device),
                  batches=rank_batches(n_train - n_train % world, cfg["optim"]["batch_size"], rank, world))
+    if cfg["run"]["compile"]:
+        compile_steps(net, train, cfg["optim"])
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     for epoch in range(start, cfg["optim"]["epochs"]):
@@ -741,7 +772,7 @@ def run_epochs(net, data, start, history, clock, cfg, device, rank, world):
             save_checkpoint(os.path.join(out, "checkpoint.pt"), dict(
                 model=model.state_dict(), optimizer=net["optimizer"].state_dict(), epoch=epoch + 1, history=history,
                 elapsed=clock["elapsed"], train_step_seconds=clock["train_step_seconds"],
-                peak_memory_mb=clock["peak_memory_mb"], skipped_steps=clock["skipped_steps"],
+                peak_memory_mb=clock["peak_memory_mb"], skipped_steps=clock["skipped_steps"], images=clock["images"],
                 **({"ema": net["ema"].state_dict()} if net["ema"] else {})))
             write_jsonl(os.path.join(out, "metrics.jsonl"), history)
             val_text = f"val_loss {val_loss:.4f} val_acc {val_acc:.4f}" if val_acc is not None else "no validation set"
@@ -824,6 +855,7 @@ def resume(cfg, net, device, clock):
         net["ema"].load_state_dict(ckpt["ema"])
     clock |= {k: ckpt[k] for k in ("elapsed", "train_step_seconds", "peak_memory_mb")}
     clock["skipped_steps"] = ckpt.get("skipped_steps", 0)  # checkpoints from before --skip-nonfinite lack it
+    clock["images"] = ckpt.get("images")  # checkpoints from before train_flops lack it: final.json's is then null
     return ckpt["epoch"], ckpt["history"]  # the rest of ckpt goes now: a second copy would stay on the device
 
 
@@ -853,6 +885,7 @@ def finish_run(cfg, net, data, device, history, clock):
                         if k in ("test_acc", "test_top5", "macro_f1")}
     final |= dict(status="finished", peak_memory_mb=clock["peak_memory_mb"], train_time_s=clock["elapsed"],
                   train_step_time_s=clock["train_step_seconds"], epochs=len(history))
+    final |= train_cost(cfg, model, data, device, clock)
     final |= {"skipped_steps": clock["skipped_steps"]} if "skip_nonfinite" in cfg["optim"] else {}
     write_json(os.path.join(cfg["run"]["out"], "final.json"), final)
     summary = f"test_acc {final['test_acc']:.4f} top5 {final['test_top5']:.4f} macro_f1 {final['macro_f1']:.4f}"
@@ -861,6 +894,17 @@ def finish_run(cfg, net, data, device, history, clock):
     if "corruption_mean" in final:
         summary += f" corruption_mean {final['corruption_mean']:.4f}"
     print(f"{cfg['run']['out']}: {summary}", flush=True)
+
+
+def train_cost(cfg, model, data, device, clock):
+    """final.json's training cost: counted FLOPs of the student's forward and backward per image and over the run
+    (a teacher's forward not included), the device's peak and the model FLOPs utilisation of the step time."""
+    side = data["input_size"]
+    per_image = count_flops(model, torch.zeros(2, 3, side, side, device=device), backward=True) / 2
+    flops = None if clock["images"] is None else per_image * clock["images"]
+    peak = peak_tflops(device, cfg["optim"]["amp"], cfg["run"]["peak_tflops"])
+    return dict(train_flops_per_image=per_image, train_flops=flops, peak_tflops=peak,
+                mfu=mfu(flops, clock["train_step_seconds"], peak) if flops else None)
 
 
 def join_processes(net, device):
@@ -900,14 +944,16 @@ def main(argv=None):
             return 0
         backend = attention_backend(cfg["model"].get("attention", "full"), cfg["run"]["attention_backend"], device)
         model = build_run_model(cfg, backend).to(device)  # before the data: no download for a model it refuses
+        if device.type == "cuda" and cfg["model"]["arch"] in RESNET_PRESETS:  # cuDNN's fastest layout: NHWC
+            model = model.to(memory_format=torch.channels_last)  # the first convolution converts the images
         data = build_run_data(cfg)
         if len(data["x_train"]) < world:
             raise ValueError(f"the training set has {len(data['x_train'])} images, fewer than the {world} processes")
         started = start_from(cfg, model, data)
         net, teacher = build_net(cfg, model, data, device)
         start, history = 0, []
-        clock = dict(elapsed=0.0, train_step_seconds=0.0, peak_memory_mb=None, skipped_steps=0,
-                     steps=0)  # steps: of this launch
+        clock = dict(elapsed=0.0, train_step_seconds=0.0, peak_memory_mb=None, skipped_steps=0, images=0,
+                     steps=0)  # images: trained on, all processes, across resumes; steps: of this launch
         if cfg["run"]["resume"]:
             start, history = resume(cfg, net, device, clock)
         if rank == 0:  # the last check: a second process on this run folder stops here, before it writes anything
@@ -923,6 +969,8 @@ def main(argv=None):
             print(start_line(cfg, started), flush=True)
         if world > 1:
             join_processes(net, device)
+        if cfg["run"]["compile"]:  # the training steps run compiled; evaluation and checkpoints use net["model"]
+            net["ddp_model"] = torch.compile(net["ddp_model"])
         if rank == 0:
             open_run_folder(cfg, recorded, start, device)
         try:

@@ -10,6 +10,8 @@ import pytest
 import torch
 import torchvision
 
+import evaluate
+
 from attention import ATTENTIONS
 from data import DATASETS, REGIMES, SHAPES
 from helpers import ROOT, TINY_DATA, TINY_RESNET, TINY_VIT, read_run, run_train, write_cifar_folder
@@ -78,6 +80,66 @@ def test_flops_match_hand_count_for_the_tiny_vit(vit_run):
     patch = n * D * 3 * 4 * 4
     block = T * D * 3 * D + 2 * T * T * D + T * D * D + 2 * T * D * H
     assert final["flops_per_image"] == 2 * (patch + 2 * block + D * 10)
+
+
+@pytest.mark.slow
+def test_train_flops_against_a_hand_count_and_mfu_arithmetic(vit_run, monkeypatch):
+    _, (cfg, rows, final) = vit_run
+    # Backward costs twice the forward for every matmul (the input's and the weight's gradient), but the image
+    # needs no gradient: the patch embedding's input gradient is never computed.
+    patch_macs = 16 * 64 * 3 * 4 * 4
+    assert final["train_flops_per_image"] == 3 * final["flops_per_image"] - 2 * patch_macs
+    assert final["train_flops"] == final["train_flops_per_image"] * 900 * 10  # 900 training images, 10 epochs
+    assert final["peak_tflops"] is None and final["mfu"] is None  # a CPU has no peak in the table
+    assert evaluate.mfu(2e12, 4.0, 1.0) == 0.5 and evaluate.mfu(2e12, 4.0, None) is None
+    names = {"NVIDIA H100 80GB HBM3": (989, 495), "NVIDIA H100 PCIe": (756, 378), "NVIDIA A100-SXM4-40GB": (312, 156),
+             "NVIDIA L40S": (362, 183), "NVIDIA GeForce GTX 1080": (None, None)}
+    for name, (bf16, tf32) in names.items():
+        monkeypatch.setattr(torch.cuda, "get_device_name", lambda device, name=name: name)
+        cuda = torch.device("cuda", 0)
+        assert (evaluate.peak_tflops(cuda, True), evaluate.peak_tflops(cuda, False)) == (bf16, tf32), name
+        assert evaluate.peak_tflops(cuda, True, given=7.0) == 7.0
+    assert evaluate.peak_tflops(torch.device("cpu"), True) is None
+
+
+def test_counting_a_training_steps_flops_leaves_no_trace():
+    torch.manual_seed(0)
+    model = build_model(arch="resnet18-shallow", stages=1, num_classes=10, image_size=16).eval()
+    before, x = {k: v.clone() for k, v in model.state_dict().items()}, torch.randn(2, 3, 16, 16)
+    rng = torch.get_rng_state()
+    assert evaluate.count_flops(model, x, backward=True) > 2 * evaluate.count_flops(model, x)  # backward counted
+    assert not model.training and all(p.grad is None for p in model.parameters())
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # BatchNorm statistics too
+    assert torch.equal(rng, torch.get_rng_state())
+
+
+@pytest.mark.slow
+def test_compiled_steps_train_like_the_plain_module_and_save_it(tmp_path, monkeypatch):
+    # A dynamo backend that runs each captured graph as it is: the same kernels, so the same numbers bit for bit,
+    # while what is compiled, when, and what is saved are the real wiring. (Inductor's code generation takes half
+    # a minute on 2 cores; gpu-check.sh runs --compile for real.)
+    import train
+    graphs, compile_, epoch_starts, train_one_epoch = [], torch.compile, [], train.train_one_epoch
+
+    def backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+    monkeypatch.setattr(torch, "compile", lambda model: compile_(model, backend=backend))
+    monkeypatch.setattr(train, "train_one_epoch", lambda *a: (epoch_starts.append(len(graphs)), train_one_epoch(*a))[1])
+    # 90 training images in batches of 16: two batch sizes (16, 10), each compiled before the first step.
+    args = [*TINY_VIT, *TINY_DATA, "--synthetic-per-class", "10", "--batch-size", "16", "--epochs", "2",
+            "--dropout", "0.1"]
+    _, plain_rows, plain = run_train(tmp_path / "plain", *args)
+    assert graphs == [] and epoch_starts == [0, 0]
+    cfg, rows, final = run_train(tmp_path / "compiled", *args, "--compile")
+    assert epoch_starts[2:] == [2, 2] and len(graphs) == 2  # both sizes before the first epoch; none recompiled
+    assert cfg["run"]["compile"] is True
+    drop = lambda r: {k: v for k, v in r.items() if k not in ("time_s", "images_per_s")}
+    assert [drop(r) for r in rows] == [drop(r) for r in plain_rows]
+    for key in ("test_acc", "confusion", "train_flops"):
+        assert final[key] == plain[key]
+    saved = torch.load(tmp_path / "compiled" / "checkpoint.pt", weights_only=False)["model"]
+    assert list(saved) == list(torch.load(tmp_path / "plain" / "checkpoint.pt", weights_only=False)["model"])
 
 
 @pytest.mark.slow
