@@ -32,7 +32,8 @@ from attention import (ATTENTIONS, WINDOWED, Attention, attention_options, flex_
 from augment import RECIPE_KEYS, RECIPES, recipe_batch, recipe_draws
 from data import (augment, build_data, channel_stats, class_list_text, corrupt, dataset_shape, epoch_plan,
                   load_dataset, normalize, rank_batches)
-from model import RESNET_PRESETS, ViT, build_model, count_params, imagenet_state, transfer_state
+from model import (ARCHS, RESNET_PRESETS, VIT_DEFAULTS, VIT_PRESETS, ViT, build_model, count_params, imagenet_state,
+                   transfer_state)
 
 SOFTMAX_KINDS = WINDOWED | {"full", "lsa"}  # kinds with explicit attention weights, for attention_distance
 SECTIONS = ("model", "data", "optim", "run")  # a run's config.json: these, then what the run recorded
@@ -203,6 +204,14 @@ def make_device(name, local_rank=0):
     return torch.device("cuda", local_rank)
 
 
+def device_layout(model, arch, device):
+    """The model in the memory layout training uses: channels-last for a ResNet on CUDA (cuDNN's fastest, NHWC;
+    the first convolution converts the images)."""
+    if device.type == "cuda" and arch in RESNET_PRESETS:
+        return model.to(memory_format=torch.channels_last)
+    return model
+
+
 def device_name(device):
     """The GPU's name, or the CPU's architecture and thread count."""
     if device.type == "cuda":
@@ -369,7 +378,7 @@ def autocast(device, amp):
 
 
 @torch.no_grad()
-def predict(model, images, labels, mean, std, device, amp=False, batch_size=512, size=None, resize="bilinear"):
+def predict(model, images, labels, mean, std, device, amp=False, batch_size=1024, size=None, resize="bilinear"):
     """The one evaluation loop: float32 logits of uint8 images (N, 3, H, W) in eval mode, batch by batch on
     `device` (standardised, and resized to `size` if given), and their summed cross-entropy against labels."""
     model.eval()
@@ -689,14 +698,19 @@ def bench_parser(variants):
     return p
 
 
+def bench_list(flag, text, allowed):
+    """A benchmark's comma-separated list flag, checked; ValueError naming the first unknown value."""
+    chosen = [v for v in text.split(",") if v]
+    bad = [v for v in chosen if v not in allowed]
+    if bad or not chosen:
+        raise ValueError(f"{flag}: unknown '{bad[0] if bad else ''}'; choose from {', '.join(allowed)}")
+    return chosen
+
+
 def bench_settings(a, variants):
     """The checked lists of the benchmark's command line: (variants, scopes, grids); ValueError for a bad one."""
-    lists = {}
-    for flag, text, allowed in (("--variants", a.variants, variants), ("--scopes", a.scopes, ["layer", "model"])):
-        lists[flag] = [v for v in text.split(",") if v]
-        bad = [v for v in lists[flag] if v not in allowed]
-        if bad or not lists[flag]:
-            raise ValueError(f"{flag}: unknown '{bad[0] if bad else ''}'; choose from {', '.join(allowed)}")
+    lists = {flag: bench_list(flag, text, allowed) for flag, text, allowed in (
+        ("--variants", a.variants, variants), ("--scopes", a.scopes, ["layer", "model"]))}
     try:
         grids = [int(g) for g in a.grids.split(",")]
     except ValueError:
@@ -843,11 +857,8 @@ def bench_data(argv):
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
     p.add_argument("--out", default="bench-data.json", help="JSON file to write (default: bench-data.json)")
     a = p.parse_args(argv)
-    chosen = [r for r in a.recipes.split(",") if r]
     try:
-        bad = [r for r in chosen if r not in RECIPES]
-        if bad or not chosen:
-            raise ValueError(f"--recipes: unknown recipe '{bad[0] if bad else ''}'; choose from {', '.join(RECIPES)}")
+        chosen = bench_list("--recipes", a.recipes, list(RECIPES))
         if min(a.batches, a.batch_size, a.workers + 1, a.warmup + 1) < 1:
             raise ValueError("--batches and --batch-size must be at least 1, --warmup and --workers at least 0")
         device = make_device(a.device)
@@ -887,6 +898,141 @@ def bench_data(argv):
     return 0
 
 
+# ----------------------------------------------------------------------------- the training step's speed
+
+def timm_vit(preset, image_size):
+    """timm's VisionTransformer with a ViT preset's dims (the speed peer), or None when timm is not installed."""
+    try:
+        import timm  # only this benchmark's peer: not a dependency of the lab
+    except ImportError:
+        return None
+    p = VIT_PRESETS[preset]
+    return timm.models.vision_transformer.VisionTransformer(
+        img_size=image_size, patch_size=p["patch_size"], num_classes=10, embed_dim=p["dim"], depth=p["depth"],
+        num_heads=p["heads"], mlp_ratio=p["mlp_ratio"], drop_path_rate=VIT_DEFAULTS["drop_path"])
+
+
+def train_step_parts(model, arch, a, device):
+    """The default recipe's training step cut into its parts (data, forward, backward, optimizer), as train.py
+    runs them: crop and flip on the device, bf16 autocast on CUDA, label-smoothed loss, clipping, fused update."""
+    g = torch.Generator().manual_seed(0)
+    n, side = a.batch_size, a.img_size
+    x = torch.randint(0, 256, (4 * n, 3, side, side), dtype=torch.uint8, generator=g).to(device)
+    y = torch.randint(0, 10, (4 * n,), generator=g).to(device)
+    shifts, flips = torch.randint(0, 9, (4 * n, 2), generator=g).to(device), (torch.rand(4 * n, generator=g) < 0.5)
+    flips, mean, std = flips.to(device), torch.full((3,), 0.5, device=device), torch.full((3,), 0.25, device=device)
+    amp = device.type == "cuda" and not a.no_amp
+    if arch in RESNET_PRESETS:  # train.py's optimiser defaults per family
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4, fused=True)
+    else:
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05, fused=True)
+    state = {}
+
+    def data(i):
+        part = slice(i % 4 * n, (i % 4 + 1) * n)
+        state["images"] = normalize(augment(x[part], shifts[part], flips[part]), mean, std)
+        state["targets"] = y[part]
+
+    def forward(i):
+        with autocast(device, amp):
+            out = model(state["images"])
+        state["loss"] = F.cross_entropy(out.float(), state["targets"], label_smoothing=0.1)
+
+    def backward(i):
+        opt.zero_grad(set_to_none=True)
+        state["loss"].backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+
+    def optimizer(i):
+        opt.step()
+    return dict(data=data, forward=forward, backward=backward, optimizer=optimizer)
+
+
+def bench_train_one(arch, compiled, a, device):
+    """One model's training step: images/s over whole steps, the median ms of each part (timed apart, with a
+    synchronisation between parts), the counted training FLOPs and the MFU."""
+    torch.manual_seed(0)
+    torch._dynamo.reset()
+    model = timm_vit("vit", a.img_size) if arch == "timm-vit" else build_model(arch=arch, num_classes=10,
+                                                                                image_size=a.img_size)
+    model = device_layout(model.to(device), arch, device).train()
+    flops = count_flops(model, torch.zeros(2, 3, a.img_size, a.img_size, device=device), backward=True) / 2
+    net = torch.compile(model) if compiled else model
+    parts = train_step_parts(net, arch, a, device)
+    step = lambda i: [fn(i) for fn in parts.values()]
+    for i in range(a.warmup):  # compiling happens here, outside every timing
+        step(i)
+    whole = time_call(lambda: [step(i) for i in range(a.steps)], device, 0, 3)[0]["median"] / a.steps
+    split = {name: [] for name in parts}
+    for i in range(a.steps):
+        for name, fn in parts.items():
+            _sync(device)
+            t = time.perf_counter()
+            fn(i)
+            _sync(device)
+            split[name].append(1000 * (time.perf_counter() - t))
+    split = {name: statistics.median(ms) for name, ms in split.items()}
+    images_per_s = a.batch_size / whole * 1000
+    peak = peak_tflops(device, device.type == "cuda" and not a.no_amp, a.peak_tflops)
+    return dict(model=arch, compile=compiled, params=count_params(model), batch_size=a.batch_size,
+                images_per_s=images_per_s, step_ms=whole, split_ms=split,
+                split_share={k: v / sum(split.values()) for k, v in split.items()}, train_flops_per_image=flops,
+                tflops=flops * images_per_s / 1e12, peak_tflops=peak, mfu=mfu(flops * images_per_s, 1.0, peak))
+
+
+def matmul_tflops(device, n=1024, repeats=10):
+    """The device's own float32 matmul rate (TFLOP/s, an n x n product): what a CPU step can hope for."""
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    ms = time_call(lambda: a @ b, device, 3, repeats)[0]["median"]
+    return 2 * n ** 3 / (ms / 1000) / 1e12
+
+
+def bench_train(argv):
+    """python evaluate.py bench-train: images/s, the step's split and MFU of the default recipe's training step
+    for ViT presets and ResNets, with and without torch.compile; writes JSON."""
+    prog, models = "evaluate.py bench-train", ARCHS + ["timm-vit"]
+    p = Parser(prog=prog, description="Images/s, step split and MFU of the training step per model.")
+    p.add_argument("--models", default="vit,timm-vit,vit-11m,resnet18",
+                   help=f"comma-separated: {', '.join(models)} (timm-vit: timm's ViT with the vit preset's dims; "
+                        "default vit,timm-vit,vit-11m,resnet18)")
+    p.add_argument("--compile", default="off,on", help="off, on, or both (default off,on)")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--img-size", type=int, default=32)
+    p.add_argument("--steps", type=int, default=10, help="timed steps (default 10)")
+    p.add_argument("--warmup", type=int, default=3, help="steps before timing, compilation included (default 3)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+    p.add_argument("--no-amp", action="store_true", help="float32 (TF32) instead of bf16 autocast on CUDA")
+    p.add_argument("--peak-tflops", type=float, help="the device's peak TFLOP/s (default: the table for known "
+                                                     "GPUs; none on CPU)")
+    p.add_argument("--out", default="bench-train.json", help="JSON file to write (default: bench-train.json)")
+    a = p.parse_args(argv)
+    try:
+        chosen = bench_list("--models", a.models, models)
+        modes = [m == "on" for m in bench_list("--compile", a.compile, ["off", "on"])]
+        if min(a.batch_size, a.img_size, a.steps, a.warmup + 1) < 1 or (a.peak_tflops or 1) <= 0:
+            raise ValueError("--batch-size, --img-size and --steps must be at least 1, --warmup at least 0, "
+                             "--peak-tflops positive")
+        device = make_device(a.device)
+    except ValueError as e:
+        fail(e, prog)
+    report = dict(benchmark="train", device=device_name(device), settings=vars(a), versions=versions(),
+                  git_commit=git_commit(), command=" ".join(sys.argv), matmul_tflops=matmul_tflops(device),
+                  results=[])
+    for arch in chosen:
+        if arch == "timm-vit" and timm_vit("vit", a.img_size) is None:
+            print("timm-vit skipped: timm is not installed (pip install timm)", flush=True)
+            continue
+        for compiled in modes:
+            row = bench_train_one(arch, compiled, a, device)
+            report["results"].append(row)
+            write_json(a.out, report)  # after every row: an interrupted benchmark keeps what it measured
+            split = " ".join(f"{k} {100 * v:.0f}%" for k, v in row["split_share"].items())
+            print(f"{arch:10s} compile {'on ' if compiled else 'off'} {row['images_per_s']:9.0f} images/s  "
+                  f"{row['tflops']:.3f} TFLOP/s  {split}", flush=True)
+    print(f"wrote {a.out}")
+    return 0
+
+
 def evaluate_run(run_dir, device_flag, data_dir):
     """final.json's numbers for a run folder's checkpoint, on its own data; ValueError for a bad folder or flag."""
     ckpt_path = os.path.join(run_dir, "checkpoint.pt")
@@ -913,6 +1059,8 @@ def main(argv=None):
         return bench_attention(argv[1:])
     if argv[:1] == ["bench-data"]:
         return bench_data(argv[1:])
+    if argv[:1] == ["bench-train"]:
+        return bench_train(argv[1:])
     p = Parser(prog="evaluate.py", description="Evaluate a run folder's checkpoint (test metrics, cost, corruptions).")
     p.add_argument("run_dir", help="a run folder written by train.py (config.json + checkpoint.pt)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")

@@ -23,11 +23,11 @@ from augment import RECIPE_KEYS, RECIPES, recipe_batch, recipe_draws
 from data import (CORRUPTIONS, DATA_DEFAULTS, DATASETS, REGIME_OPTIONS, REGIMES, RESIZE_MODES, SPARSE_FRACTION,
                   SYNTHETIC_OPTIONS, TRAIN_CORRUPTION_OPTIONS, augment, class_list_text, data_config, epoch_plan,
                   normalize, rank_batches, resize)
-from evaluate import (SECTIONS, Parser, attention_backend, autocast, build_run_data, build_run_model, device_name,
-                      count_flops, ema_pairs, ema_update, evaluate_split, fail, final_metrics, git_commit,
-                      load_checkpoint, load_teacher, lock_run_folder, make_device, mfu, pause_point, peak_tflops,
-                      read_config, read_json, save_checkpoint, start_weights, test_metrics, unlock_run_folder, versions,
-                      write_json, write_jsonl)
+from evaluate import (SECTIONS, Parser, attention_backend, autocast, build_run_data, build_run_model, count_flops,
+                      device_layout, device_name, ema_pairs, ema_update, evaluate_split, fail, final_metrics,
+                      git_commit, load_checkpoint, load_teacher, lock_run_folder, make_device, mfu, pause_point,
+                      peak_tflops, read_config, read_json, save_checkpoint, start_weights, test_metrics,
+                      unlock_run_folder, versions, write_json, write_jsonl)
 from model import ARCHS, DEFAULT_WEIGHTS, RESNET_PRESETS, VIT_DEFAULTS, count_params, model_config
 
 # Each optimiser's defaults; ResNets train with sgd and ViTs with adamw unless --opt says otherwise.
@@ -943,9 +943,8 @@ def main(argv=None):
                 print(f"{cfg['run']['out']} is already finished; nothing to do")
             return 0
         backend = attention_backend(cfg["model"].get("attention", "full"), cfg["run"]["attention_backend"], device)
-        model = build_run_model(cfg, backend).to(device)  # before the data: no download for a model it refuses
-        if device.type == "cuda" and cfg["model"]["arch"] in RESNET_PRESETS:  # cuDNN's fastest layout: NHWC
-            model = model.to(memory_format=torch.channels_last)  # the first convolution converts the images
+        # Before the data: no download for a model it refuses. Channels-last for a ResNet on CUDA.
+        model = device_layout(build_run_model(cfg, backend).to(device), cfg["model"]["arch"], device)
         data = build_run_data(cfg)
         if len(data["x_train"]) < world:
             raise ValueError(f"the training set has {len(data['x_train'])} images, fewer than the {world} processes")

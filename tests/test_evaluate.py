@@ -3,6 +3,7 @@ import json
 import math
 import os
 import shutil
+import sys
 
 import pytest
 import torch
@@ -129,6 +130,41 @@ def test_bench_attention_bad_input_exits_2(tmp_path, capsys):
         assert e.value.code == 2 and message in err and len(err.splitlines()) == 1
     assert not (tmp_path / "b.json").exists()
 
+
+
+def test_bench_train_splits_the_step_and_counts_its_flops(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "bench.json"
+    monkeypatch.setitem(sys.modules, "timm", None)  # as on a machine without timm: its row is skipped, said so
+    assert evaluate.main(["bench-train", "--models", "vit-shallow1,timm-vit,resnet18-shallow", "--compile", "off",
+                          "--img-size", "16", "--batch-size", "4", "--steps", "2", "--warmup", "1",
+                          "--peak-tflops", "2", "--device", "cpu", "--out", str(out)]) == 0
+    assert "timm-vit skipped: timm is not installed" in capsys.readouterr().out
+    report = json.loads(out.read_text())
+    assert report["benchmark"] == "train" and report["matmul_tflops"] > 0
+    rows = {r["model"]: r for r in report["results"]}
+    assert list(rows) == ["vit-shallow1", "resnet18-shallow"]
+    for r in rows.values():
+        assert set(r["split_ms"]) == {"data", "forward", "backward", "optimizer"} and min(r["split_ms"].values()) > 0
+        assert sum(r["split_share"].values()) == pytest.approx(1)
+        assert r["images_per_s"] == pytest.approx(4 / r["step_ms"] * 1000)
+        assert r["tflops"] == pytest.approx(r["train_flops_per_image"] * r["images_per_s"] / 1e12)
+        assert r["mfu"] == pytest.approx(r["tflops"] / 2) and r["compile"] is False
+    # One block of width 256 (MLP 512) on 16 patches + cls: forward FLOPs by hand; the step's are three times
+    # those, less the patch embedding's input gradient (the image needs none).
+    T, D, H, patch = 17, 256, 512, 16 * 256 * 3 * 4 * 4
+    forward = 2 * (patch + T * D * 3 * D + 2 * T * T * D + T * D * D + 2 * T * D * H + D * 10)
+    assert rows["vit-shallow1"]["train_flops_per_image"] == 3 * forward - 2 * patch
+
+
+def test_bench_train_bad_input_exits_2(tmp_path, capsys):
+    for argv, message in ((["--models", "vit,vgg"], "--models: unknown 'vgg'; choose from vit, vit-tiny"),
+                          (["--compile", "maybe"], "--compile: unknown 'maybe'; choose from off, on"),
+                          (["--steps", "0"], "--steps must be at least 1")):
+        with pytest.raises(SystemExit) as e:
+            evaluate.main(["bench-train", *argv, "--out", str(tmp_path / "b.json")])
+        err = capsys.readouterr().err.strip()
+        assert e.value.code == 2 and message in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "b.json").exists()
 
 
 @pytest.mark.slow
