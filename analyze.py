@@ -214,8 +214,52 @@ def section_cost(groups, out):
     columns = [("test acc %", ACC_COLUMNS[0][1]), ("params", ACC_COLUMNS[4][1]),
                ("GFLOPs", lambda g: f"{metric(g, 'flops_per_image')[0] / 1e9:.3f}"),
                ("train s", ACC_COLUMNS[5][1]), ("inference img/s", lambda g: fmt(g, "throughput_images_per_s", 1, 0)),
-               ("latency ms", lambda g: fmt(g, "latency_ms", 1, 2))]
+               ("latency ms", lambda g: fmt(g, "latency_ms", 1, 2)),
+               ("train PFLOPs", lambda g: fmt(g, "train_flops", 1e-15, 2)), ("MFU %", lambda g: fmt(g, "mfu"))]
     return "\n\n".join([table(groups, columns), f"![cost]({save(fig, out, 'cost')})"])
+
+
+def section_train_speed(benches, out):
+    """Images/s, the step's split and MFU per model with and without compile, from bench-train.json files."""
+    if not benches:
+        return None
+    text = []
+    for i, (path, bench) in enumerate(benches):
+        rows = bench["results"]
+        text.append(f"`{path}` on {bench['device']} (torch {bench['versions']['torch']}, commit "
+                    f"{bench['git_commit']}, batch {bench['settings']['batch_size']}, {bench['settings']['img_size']} "
+                    f"px); the device's own float32 matmul rate: {bench['matmul_tflops']:.2f} TFLOP/s.")
+        lines = ["| model | compile | images/s | step ms | data % | forward % | backward % | optimizer % | TFLOP/s | "
+                 "MFU % |", "|---|---|---|---|---|---|---|---|---|---|"]
+        for r in rows:
+            share = " | ".join(f"{100 * r['split_share'][k]:.0f}" for k in ("data", "forward", "backward", "optimizer"))
+            lines.append(f"| {r['model']} | {'on' if r['compile'] else 'off'} | {r['images_per_s']:,.0f} | "
+                         f"{r['step_ms']:.1f} | {share} | {r['tflops']:.3f} | "
+                         f"{'-' if r['mfu'] is None else format(100 * r['mfu'], '.1f')} |")
+        text.append("\n".join(lines))
+        rate = {(r["model"], r["compile"]): r["images_per_s"] for r in rows}
+        for compiled in (False, True):
+            if ("vit", compiled) in rate and ("timm-vit", compiled) in rate:
+                text.append(f"Our ViT's step against timm's of the same dims (compile {'on' if compiled else 'off'}): "
+                            f"{rate[('vit', compiled)] / rate[('timm-vit', compiled)]:.2f}x timm's images/s.")
+        text.append(f"![training speed]({plot_train_speed(rows, out, 'train_speed' + (f'_{i + 1}' if i else ''))})")
+    return "\n\n".join(text)
+
+
+def plot_train_speed(rows, out, name):
+    """Images/s per model (compile off and on side by side) and each step's split into its parts."""
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 4))
+    labels = [f"{r['model']}{' (compiled)' if r['compile'] else ''}" for r in rows]
+    ax.barh(labels, [r["images_per_s"] for r in rows], color=["C1" if r["compile"] else "C0" for r in rows])
+    ax.set(xlabel="training images/s", title="Training step speed")
+    left = [0.0] * len(rows)
+    for j, part in enumerate(("data", "forward", "backward", "optimizer")):
+        shares = [100 * r["split_share"][part] for r in rows]
+        ax2.barh(labels, shares, left=left, color=f"C{j + 2}", label=part)
+        left = [a + b for a, b in zip(left, shares)]
+    ax2.set(xlabel="share of the step (%)", title="Where a step's time goes")
+    ax2.legend(fontsize=8)
+    return save(fig, out, name)
 
 
 def section_convergence(groups, out):
@@ -266,8 +310,9 @@ SECTIONS = [("Regimes", section_regimes), ("Data efficiency", section_data_effic
             ("Corruptions", section_corruption), ("Matched budgets", section_matched), ("Transfer", section_transfer),
             ("Truncation", section_truncation), ("Attention swap", section_attention_swap),
             ("Distillation", section_distillation), ("Recipes", section_recipes), ("Cost", section_cost),
-            ("Convergence", section_convergence)]
+            ("Training speed", section_train_speed), ("Convergence", section_convergence)]
 RECIPE_SECTIONS = (section_distillation, section_recipes)  # the only sections that see runs with a recipe or teacher
+BENCH_SECTIONS = {section_attention_scaling: "bench-attention.json", section_train_speed: "bench-train.json"}
 
 
 def write_report(roots, out):
@@ -279,9 +324,10 @@ def write_report(roots, out):
              "under Failed runs). Numbers are mean ± standard deviation over seeds, accuracies in percent. A gap "
              "counts as a finding only when it is larger than the two groups' standard deviations added together."]
     for title, section in SECTIONS:
-        if section is section_attention_scaling:  # the one section built from benchmark files, not run folders
-            body = section(find_benches(roots), out)
-            missing = "No runs for this section yet (see run_all.sh, or run `python evaluate.py bench-attention`)."
+        if section in BENCH_SECTIONS:  # built from benchmark files, not run folders
+            body = section(find_benches(roots, BENCH_SECTIONS[section]), out)
+            missing = (f"No runs for this section yet (see run_all.sh, or run `python evaluate.py "
+                       f"{BENCH_SECTIONS[section][:-5]}`).")
         else:
             # Every other section compares the lab's default recipe (the recipe sections take their baselines too).
             gs = groups if section in RECIPE_SECTIONS else [g for g in groups if default_recipe(g)]

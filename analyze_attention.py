@@ -149,14 +149,14 @@ def cost_fronts(gs, out, cell):
     return f"![accuracy against cost {cell}]({path})\n\n**Accuracy against cost.** " + " ".join(sentences)
 
 
-def find_benches(roots):
-    """Every bench-attention.json under roots as (path, contents), in path order."""
+def find_benches(roots, name="bench-attention.json"):
+    """Every benchmark file of this name under roots as (path, contents), in path order."""
     found = []
     for root in roots:
         for folder, _, files in sorted(os.walk(root)):
-            if "bench-attention.json" in files:
-                with open(os.path.join(folder, "bench-attention.json")) as f:
-                    found.append((os.path.join(folder, "bench-attention.json"), json.load(f)))
+            if name in files:
+                with open(os.path.join(folder, name)) as f:
+                    found.append((os.path.join(folder, name), json.load(f)))
     return found
 
 

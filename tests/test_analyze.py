@@ -173,6 +173,25 @@ def test_backend_and_keys_missing_in_older_runs_do_not_split_groups(tmp_path):
         "| vit local r=1 | standard (cifar10) | 2 | 65.0 ± 7.1 |"]
 
 
+def test_training_speed_section_tables_each_bench_train_row_and_the_ratio_to_timm(tmp_path):
+    row = lambda model, compiled, ips, mfu: dict(
+        model=model, compile=compiled, images_per_s=ips, step_ms=128000 / ips, tflops=ips * 1e9 / 1e12, mfu=mfu,
+        split_share=dict(data=0.1, forward=0.3, backward=0.5, optimizer=0.1))
+    bench = dict(benchmark="train", device="NVIDIA H100", versions=dict(torch="2.11"), git_commit="abc",
+                 settings=dict(batch_size=128, img_size=32), matmul_tflops=400.0,
+                 results=[row("vit", False, 8000, 0.05), row("timm-vit", False, 10000, None),
+                          row("vit", True, 12000, 0.3)])
+    os.makedirs(tmp_path / "bench")
+    (tmp_path / "bench" / "bench-train.json").write_text(json.dumps(bench))
+    report, _, _ = analyze.write_report([str(tmp_path)], str(tmp_path))
+    speed = report.split("## Training speed")[1].split("##")[0]
+    assert "| vit | off | 8,000 | 16.0 | 10 | 30 | 50 | 10 | 8.000 | 5.0 |" in speed
+    assert "| timm-vit | off | 10,000 | 12.8 | 10 | 30 | 50 | 10 | 10.000 | - |" in speed
+    assert "| vit | on | 12,000 |" in speed and "30.0 |" in speed
+    assert "(compile off): 0.80x timm's images/s" in speed and speed.count("timm's images/s") == 1  # no compiled timm
+    assert (tmp_path / "plots" / "train_speed.png").stat().st_size > 0
+
+
 def test_cli_help_and_bad_folder():
     analyze_py = lambda *args: subprocess.run([sys.executable, os.path.join(ROOT, "analyze.py"), *args],
                                               capture_output=True, text=True)
