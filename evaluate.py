@@ -13,6 +13,7 @@ import json
 import os
 import pickle
 import platform
+import signal
 import statistics
 import subprocess
 import sys
@@ -54,18 +55,28 @@ class Parser(argparse.ArgumentParser):
         fail(message, self.prog)
 
 
-PAUSE_AT = os.environ.get("LAB_PAUSE_AT")  # the kill -9 tests' hook: see pause_point
+PAUSE_AT = os.environ.get("LAB_PAUSE_AT")  # the tests' hook: see pause_point
 PAUSES = {}
 
 
 def pause_point(name):
-    """With LAB_PAUSE_AT=name:k (tests of kill -9): the k-th time this process gets here, say so on stderr and wait
-    to be killed. Points: step, eval, and each run-folder file name, between its temp file and the rename."""
-    if PAUSE_AT and PAUSE_AT.partition(":")[0] == name:
-        PAUSES[name] = PAUSES.get(name, 0) + 1
-        if PAUSES[name] == int(PAUSE_AT.partition(":")[2] or 1):
-            print(f"paused at {PAUSE_AT}", file=sys.stderr, flush=True)
-            time.sleep(600)
+    """With LAB_PAUSE_AT=name:k (tests of kill -9 and of failures mid-run; name:k@r: on torchrun's rank r only): the
+    k-th time this process gets here, say so on stderr with its pid and wait, until killed or until SIGUSR1 lets it
+    go on. Points: step, eval, and each run-folder file name, between its temp file and the check and rename."""
+    if not PAUSE_AT or PAUSE_AT.partition(":")[0] != name:
+        return
+    count, _, rank = PAUSE_AT.partition(":")[2].partition("@")
+    if rank and int(rank) != int(os.environ.get("RANK", 0)):
+        return
+    PAUSES[name] = PAUSES.get(name, 0) + 1
+    if PAUSES[name] == int(count or 1):
+        go_on = []
+        signal.signal(signal.SIGUSR1, lambda *_: go_on.append(True))
+        print(f"paused at {PAUSE_AT} (pid {os.getpid()})", file=sys.stderr, flush=True)
+        until = time.time() + 600
+        while not go_on and time.time() < until:  # short sleeps: the signal's handler runs between them
+            time.sleep(0.01)
+        signal.signal(signal.SIGUSR1, signal.SIG_DFL)
 
 
 def write_atomic(path, text):
