@@ -8,6 +8,7 @@ share.
 Imports run one way: model, attention and data <- evaluate <- train.
 """
 import argparse
+import errno
 import functools
 import json
 import os
@@ -79,6 +80,11 @@ def pause_point(name):
         signal.signal(signal.SIGUSR1, signal.SIG_DFL)
 
 
+def os_error(e):
+    """An OSError in a few words: 'ENOSPC: No space left on device'."""
+    return f"{errno.errorcode.get(e.errno, e.errno)}: {e.strerror}" if e.errno else str(e)
+
+
 def write_atomic(path, text):
     """Write text to a temp file in the same folder, then rename it over path: never a truncated file."""
     tmp = f"{path}.tmp{os.getpid()}"
@@ -120,8 +126,11 @@ def lock_run_folder(out):
     """Take out/.lock for this process (pid, host); ValueError naming the holder if a live process has it. A lock
     whose process is gone (on this host) or that cannot be read is stale: taken over, and said so on stderr."""
     path, me = os.path.join(out, ".lock"), dict(pid=os.getpid(), host=platform.node())
-    os.makedirs(out, exist_ok=True)
-    write_atomic(f"{path}.{me['pid']}", json.dumps(me))  # whole before it is visible as .lock
+    try:  # the first write into the folder (check_out_dir tried it already: this is for a folder changed since)
+        os.makedirs(out, exist_ok=True)
+        write_atomic(f"{path}.{me['pid']}", json.dumps(me))  # whole before it is visible as .lock
+    except OSError as e:
+        raise ValueError(f"cannot make {out} ({os_error(e)})")
     for _ in range(2):
         try:
             os.link(f"{path}.{me['pid']}", path)  # fails if .lock exists: one process wins

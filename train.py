@@ -11,6 +11,7 @@ import copy
 import math
 import os
 import sys
+import tempfile
 import time
 
 import torch
@@ -28,6 +29,7 @@ from evaluate import (SECTIONS, Parser, attention_backend, autocast, build_run_d
                       git_commit, load_checkpoint, load_teacher, lock_run_folder, make_device, mfu, pause_point,
                       peak_tflops, read_config, read_json, save_checkpoint, start_weights, test_metrics,
                       unlock_run_folder, versions, write_json, write_jsonl)
+from evaluate import os_error  # what the run folder's writes fail with
 from model import ARCHS, DEFAULT_WEIGHTS, RESNET_PRESETS, VIT_DEFAULTS, count_params, model_config
 
 # Each optimiser's defaults; ResNets train with sgd and ViTs with adamw unless --opt says otherwise.
@@ -455,10 +457,15 @@ def check_out_dir(cfg, world):
                 if old[section].get(k) != cfg[section].get(k):
                     raise ValueError(f"--resume: {option_flag(k)} is {cfg[section].get(k)!r} but the run in {out} "
                                      f"was started with {old[section].get(k)!r}")
-        return has("final.json")
-    if not cfg["run"]["overwrite"] and (has("final.json") or has("checkpoint.pt")):
+        if has("final.json"):
+            return True
+    elif not cfg["run"]["overwrite"] and (has("final.json") or has("checkpoint.pt")):
         state = "a finished" if has("final.json") else "an unfinished"
         raise ValueError(f"{out} already holds {state} run; pass --resume to continue it or --overwrite to replace it")
+    try:  # a folder that cannot be written (read-only, /proc, a full disk) is refused now, not after an epoch
+        os.rmdir(tempfile.mkdtemp(prefix=".write-test-", dir=path))
+    except OSError as e:
+        raise ValueError(f"--out {out}: cannot write in {path} ({os_error(e)})")
     return False
 
 

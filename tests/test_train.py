@@ -1026,3 +1026,24 @@ def test_every_flag_an_error_message_names_exists():
                 named.setdefault(flag, name)
     assert len(named) > 40  # the scan finds the messages
     assert {flag: name for flag, name in named.items() if flag not in options} == {}
+
+
+# ----------------------------------------------------------------------------- failures mid-run: disk, checkpoint, rank
+
+# A ViT small enough that a process is mostly torch's import: 180 training images, 6 steps an epoch.
+SMALL = ["--arch", "vit", "--depth", "1", "--dim", "32", "--heads", "2", "--patch-size", "8", "--dropout", "0.1",
+         "--dataset", "synthetic", "--synthetic-size", "16", "--synthetic-per-class", "20", "--batch-size", "32",
+         "--warmup-epochs", "1", "--device", "cpu", "--epochs", "2"]
+
+
+@pytest.mark.parametrize("out, why", [("/proc/self/lab-run", "ENOENT: No such file or directory"),
+                                      ("/sys/kernel/lab-run", "(EPERM|EACCES|EROFS): .+")])
+def test_a_run_folder_that_cannot_be_written_exits_2_at_start(exits_2, out, why):
+    # Places no process can write in, root included (chmod stops nobody there); /sys's error depends on its mount.
+    import re
+    from evaluate import lock_run_folder
+    err = exits_2([*SMALL, "--out", out])
+    assert re.fullmatch(f"train.py: error: --out {out}: cannot write in {os.path.dirname(out)} \\({why}\\)", err), err
+    assert not os.path.exists(out)
+    with pytest.raises(ValueError, match=f"^cannot make {out} \\({why}\\)$"):  # the lock's own check, made later
+        lock_run_folder(out)
