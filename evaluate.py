@@ -80,18 +80,46 @@ def pause_point(name):
         signal.signal(signal.SIGUSR1, signal.SIG_DFL)
 
 
+class RunFolderError(OSError):
+    """A run-folder file that could not be written whole (or a checkpoint that does not load back): its path and why;
+    the file is as it was before and no temp file is left."""
+
+
 def os_error(e):
     """An OSError in a few words: 'ENOSPC: No space left on device'."""
     return f"{errno.errorcode.get(e.errno, e.errno)}: {e.strerror}" if e.errno else str(e)
 
 
+def first_line(e):
+    """An exception's message up to its first line break ('' for none): one line of an error message."""
+    return str(e).splitlines()[0] if str(e) else ""
+
+
+def replace_with(path, tmp, write, check=None):
+    """Write a run-folder file whole or not at all: write(f) into tmp, put it on the disk (fsync), check(tmp) (None,
+    or why it is unusable), then rename it over path; RunFolderError naming path and why, tmp removed, path kept."""
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())  # on the disk before the rename makes it the only copy
+        pause_point(os.path.basename(path))
+        problem = check and check(tmp)
+        if not problem:
+            os.replace(tmp, path)
+            return
+    except OSError as e:
+        problem = f"cannot write {path} ({os_error(e)})"
+    try:
+        os.remove(tmp)
+    except OSError:  # never made, or the folder refuses even this: the first error is the one to report
+        pass
+    raise RunFolderError(problem)
+
+
 def write_atomic(path, text):
-    """Write text to a temp file in the same folder, then rename it over path: never a truncated file."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-    pause_point(os.path.basename(path))
-    os.replace(tmp, path)
+    """Write text to a temp file in the same folder, then rename it over path: never a truncated file (replace_with)."""
+    replace_with(path, f"{path}.tmp{os.getpid()}", lambda f: f.write(text.encode()))
 
 
 def write_json(path, obj):
@@ -130,7 +158,7 @@ def lock_run_folder(out):
         os.makedirs(out, exist_ok=True)
         write_atomic(f"{path}.{me['pid']}", json.dumps(me))  # whole before it is visible as .lock
     except OSError as e:
-        raise ValueError(f"cannot make {out} ({os_error(e)})")
+        raise ValueError(e if isinstance(e, RunFolderError) else f"cannot make {out} ({os_error(e)})")
     for _ in range(2):
         try:
             os.link(f"{path}.{me['pid']}", path)  # fails if .lock exists: one process wins
@@ -175,10 +203,14 @@ def unlock_run_folder(out):
 
 
 def save_checkpoint(path, checkpoint):
-    """torch.save to a temp file, then rename: a kill while saving leaves the previous checkpoint whole."""
-    torch.save(checkpoint, f"{path}.tmp")
-    pause_point(os.path.basename(path))
-    os.replace(f"{path}.tmp", path)
+    """torch.save to a temp file, loaded back, then renamed: a kill or a failed write or check leaves the previous
+    checkpoint whole, and the one kept always loads. RunFolderError naming the file and why (replace_with)."""
+    def loads(tmp):  # torch.load as --resume does, memory-mapped: the file's structure is read, not its tensors
+        try:
+            torch.load(tmp, map_location="cpu", mmap=True, weights_only=False)
+        except Exception as e:  # a truncated or damaged file: zip, pickle or a tensor's record
+            return f"{tmp} was written but does not load back ({type(e).__name__}: {first_line(e)})"
+    replace_with(path, f"{path}.tmp", functools.partial(torch.save, checkpoint), loads)
 
 
 def load_checkpoint(path, device, model, optimizer=None):
@@ -190,7 +222,7 @@ def load_checkpoint(path, device, model, optimizer=None):
         if optimizer is not None:
             optimizer.load_state_dict(checkpoint["optimizer"])
     except Exception as e:  # a truncated or foreign file, or another model's: the message says which and why
-        raise ValueError(f"cannot load {path} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")
+        raise ValueError(f"cannot load {path} ({type(e).__name__}: {first_line(e)})")
     return checkpoint
 
 

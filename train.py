@@ -29,7 +29,7 @@ from evaluate import (SECTIONS, Parser, attention_backend, autocast, build_run_d
                       git_commit, load_checkpoint, load_teacher, lock_run_folder, make_device, mfu, pause_point,
                       peak_tflops, read_config, read_json, save_checkpoint, start_weights, test_metrics,
                       unlock_run_folder, versions, write_json, write_jsonl)
-from evaluate import os_error  # what the run folder's writes fail with
+from evaluate import RunFolderError, os_error  # what the run folder's writes fail with
 from model import ARCHS, DEFAULT_WEIGHTS, RESNET_PRESETS, VIT_DEFAULTS, count_params, model_config
 
 # Each optimiser's defaults; ResNets train with sgd and ViTs with adamw unless --opt says otherwise.
@@ -781,6 +781,7 @@ def run_epochs(net, data, start, history, clock, cfg, device, rank, world):
                 elapsed=clock["elapsed"], train_step_seconds=clock["train_step_seconds"],
                 peak_memory_mb=clock["peak_memory_mb"], skipped_steps=clock["skipped_steps"], images=clock["images"],
                 **({"ema": net["ema"].state_dict()} if net["ema"] else {})))
+            clock["saved_epoch"] = epoch + 1  # what a failure later on says is kept
             write_jsonl(os.path.join(out, "metrics.jsonl"), history)
             val_text = f"val_loss {val_loss:.4f} val_acc {val_acc:.4f}" if val_acc is not None else "no validation set"
             print(f"epoch {epoch + 1}/{cfg['optim']['epochs']} train_loss {stats['train_loss']:.4f} train_acc "
@@ -927,13 +928,22 @@ def join_processes(net, device):
         model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
-def fail_run(cfg, history, error, rank):
-    """A nan or inf loss: final.json says failed (the last good checkpoint stays), one line; exit code 1."""
-    if rank == 0:
-        write_json(os.path.join(cfg["run"]["out"], "final.json"), dict(
-            status="failed", reason=str(error), last_checkpoint_epoch=len(history), epochs=len(history)))
-    kept = f"the checkpoint of epoch {len(history)} is kept" if history else "no epoch finished, no checkpoint"
-    print(f"train.py: error: {error}; {kept}; final.json says failed", file=sys.stderr, flush=True)
+def fail_run(cfg, clock, error, rank):
+    """The run cannot go on: a nan or inf loss (final.json says failed) or a run-folder file that cannot be written
+    (RunFolderError: no final.json, so --resume continues once it can be). The last good checkpoint stays; one line
+    on stderr; exit code 1."""
+    saved = clock["saved_epoch"]
+    kept = f"the checkpoint of epoch {saved} is kept" if saved else "no checkpoint was written"
+    outcome = "no final.json: --resume continues the run once its folder can be written"
+    if isinstance(error, NonFiniteLoss):
+        outcome = "final.json says failed"
+        if rank == 0:
+            try:
+                write_json(os.path.join(cfg["run"]["out"], "final.json"), dict(
+                    status="failed", reason=str(error), last_checkpoint_epoch=saved, epochs=saved))
+            except RunFolderError as e:
+                outcome = f"{e}, so final.json does not say failed"
+    print(f"train.py: error: {error}; {kept}; {outcome}", file=sys.stderr, flush=True)
     return 1
 
 
@@ -962,6 +972,7 @@ def main(argv=None):
                      steps=0)  # images: trained on, all processes, across resumes; steps: of this launch
         if cfg["run"]["resume"]:
             start, history = resume(cfg, net, device, clock)
+        clock["saved_epoch"] = start  # the epoch of the checkpoint in the run folder: what fail_run says is kept
         if rank == 0:  # the last check: a second process on this run folder stops here, before it writes anything
             lock_run_folder(cfg["run"]["out"])
     except ValueError as e:
@@ -979,16 +990,15 @@ def main(argv=None):
             net["ddp_model"] = torch.compile(net["ddp_model"])
         if rank == 0:
             open_run_folder(cfg, recorded, start, device)
-        try:
-            run_epochs(net, data, start, history, clock, cfg, device, rank, world)
-        except NonFiniteLoss as e:
-            return fail_run(cfg, history, e, rank)
+        run_epochs(net, data, start, history, clock, cfg, device, rank, world)
         if world > 1:  # the final evaluation runs on rank 0 alone: no collective may wait on it
             dist.barrier()
             dist.destroy_process_group()
         if rank == 0:
             finish_run(cfg, net, data, device, history, clock)
         return 0
+    except (NonFiniteLoss, RunFolderError) as e:  # RunFolderError: rank 0's writes (torchrun then stops the others)
+        return fail_run(cfg, clock, e, rank)
     finally:
         if rank == 0:
             unlock_run_folder(cfg["run"]["out"])

@@ -1034,6 +1034,110 @@ def test_every_flag_an_error_message_names_exists():
 SMALL = ["--arch", "vit", "--depth", "1", "--dim", "32", "--heads", "2", "--patch-size", "8", "--dropout", "0.1",
          "--dataset", "synthetic", "--synthetic-size", "16", "--synthetic-per-class", "20", "--batch-size", "32",
          "--warmup-epochs", "1", "--device", "cpu", "--epochs", "2"]
+RESUME_HINT = "no final.json: --resume continues the run once its folder can be written"
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory):
+    """SMALL trained without interruption: (metrics rows, final), what a failed run must resume to."""
+    _, rows, final = run_train(tmp_path_factory.mktemp("runs") / "small", *SMALL)
+    return rows, final
+
+
+def assert_same_result(out, small_run):
+    """--resume the run in out (in this process) and check it ends with the uninterrupted run's numbers."""
+    _, rows, final = run_train(out, *SMALL, "--resume")
+    drop_time = lambda r: {k: v for k, v in r.items() if k not in ("time_s", "images_per_s")}
+    assert [drop_time(r) for r in rows] == [drop_time(r) for r in small_run[0]]
+    for key in ("test_acc", "test_top5", "macro_f1", "confusion", "best_val_acc", "epochs_to"):
+        assert final[key] == small_run[1][key], key
+
+
+def run_paused(point, cmd, at_pause, limit=120, env=()):
+    """Run cmd with LAB_PAUSE_AT=point (and env); when a process of it says it is paused there, call at_pause(its pid).
+    Waits for cmd to end: (exit code, its stderr, seconds from at_pause to the end). Its whole process group is
+    killed after `limit` seconds, so a hang fails the test instead of stopping the suite."""
+    import signal
+    import threading
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            env=dict(os.environ, LAB_PAUSE_AT=point, **dict(env)))
+    watchdog = threading.Timer(limit, os.killpg, (proc.pid, signal.SIGKILL))
+    watchdog.start()
+    lines, acted = [], None
+    try:
+        for line in proc.stderr:  # until every process of cmd has ended (they share the pipe)
+            lines.append(line)
+            if acted is None and line.startswith(f"paused at {point} (pid "):
+                at_pause(int(line.rsplit("pid ", 1)[1].rstrip(")\n")))
+                acted = time.time()
+        proc.wait()
+    finally:
+        watchdog.cancel()
+    assert acted is not None, "".join(lines)
+    return proc.returncode, "".join(lines), time.time() - acted
+
+
+def train_cmd(out, *args):
+    """train.py's command line in a new process, on SMALL with --out out."""
+    return [sys.executable, os.path.join(ROOT, "train.py"), *SMALL, *args, "--out", str(out), "--progress", "off"]
+
+
+@pytest.mark.slow
+def test_a_checkpoint_that_does_not_load_back_never_replaces_the_last_good_one(tmp_path, small_run):
+    # Epoch 2's checkpoint is cut to half its size after it was written and flushed, before its check: a real file
+    # that torch.load refuses. The run stops; epoch 1's checkpoint stays the only one, and resumes to the same end.
+    import re
+    import signal
+    out = tmp_path / "cut"
+
+    def truncate(pid):
+        os.truncate(out / "checkpoint.pt.tmp", os.path.getsize(out / "checkpoint.pt.tmp") // 2)
+        os.kill(pid, signal.SIGUSR1)
+    code, err, _ = run_paused("checkpoint.pt:2", train_cmd(out), truncate)
+    assert code == 1 and len(err.splitlines()) == 2, err  # the pause's line, then the error's
+    assert re.fullmatch(f"train.py: error: {out}/checkpoint.pt.tmp was written but does not load back \\(RuntimeError: "
+                        "PytorchStreamReader failed reading zip archive: failed finding central directory.*\\); the "
+                        f"checkpoint of epoch 1 is kept; {RESUME_HINT}", err.splitlines()[1]), err
+    assert sorted(os.listdir(out)) == ["checkpoint.pt", "config.json", "metrics.jsonl"]  # no temp file, lock released
+    assert torch.load(out / "checkpoint.pt", weights_only=False)["epoch"] == 1 and len(read_run(out)[1]) == 1
+    assert_same_result(out, small_run)
+
+
+@pytest.mark.slow
+def test_a_full_disk_while_writing_the_checkpoint_keeps_the_last_good_one(tmp_path, small_run):
+    # A real ENOSPC: while epoch 2 trains, the checkpoint's temp name becomes a link to /dev/full.
+    import signal
+    out = tmp_path / "full"
+
+    def fill_disk(pid):
+        os.symlink("/dev/full", out / "checkpoint.pt.tmp")
+        os.kill(pid, signal.SIGUSR1)
+    code, err, _ = run_paused("eval:2", train_cmd(out), fill_disk)
+    assert code == 1 and err.splitlines()[1:] == [
+        f"train.py: error: cannot write {out}/checkpoint.pt (ENOSPC: No space left on device); the checkpoint of "
+        f"epoch 1 is kept; {RESUME_HINT}"], err
+    assert sorted(os.listdir(out)) == ["checkpoint.pt", "config.json", "metrics.jsonl"]
+    assert torch.load(out / "checkpoint.pt", weights_only=False)["epoch"] == 1 and len(read_run(out)[1]) == 1
+    assert_same_result(out, small_run)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, kept", [("metrics.jsonl", 1), ("final.json", 2)])
+def test_a_full_disk_while_writing_metrics_or_final_stops_in_one_line(tmp_path, capsys, small_run, name, kept):
+    # A real ENOSPC from the start: the file's temp name (this process's pid in it) is a link to /dev/full, so its
+    # first write fails: metrics.jsonl's after epoch 1's checkpoint, final.json's after the last epoch.
+    import train
+    out = tmp_path / "full"
+    out.mkdir()
+    os.symlink("/dev/full", out / f"{name}.tmp{os.getpid()}")
+    assert train.main([*SMALL, "--out", str(out), "--progress", "off"]) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        f"train.py: error: cannot write {out / name} (ENOSPC: No space left on device); the checkpoint of epoch {kept} "
+        f"is kept; {RESUME_HINT}"]
+    # No temp file and no lock left, no final.json (so not a finished run), metrics.jsonl as before the failure.
+    assert sorted(os.listdir(out)) == ["checkpoint.pt", "config.json", *(["metrics.jsonl"] if kept == 2 else [])]
+    assert torch.load(out / "checkpoint.pt", weights_only=False)["epoch"] == kept
+    assert_same_result(out, small_run)
 
 
 @pytest.mark.parametrize("out, why", [("/proc/self/lab-run", "ENOENT: No such file or directory"),
