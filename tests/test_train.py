@@ -1151,3 +1151,18 @@ def test_a_run_folder_that_cannot_be_written_exits_2_at_start(exits_2, out, why)
     assert not os.path.exists(out)
     with pytest.raises(ValueError, match=f"^cannot make {out} \\({why}\\)$"):  # the lock's own check, made later
         lock_run_folder(out)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point", ["step:9@1", "checkpoint.pt:2@0"])
+def test_a_rank_that_dies_ends_the_torchrun_job_without_final_json(tmp_path, point):
+    # A real SIGKILL of one rank: rank 1 in the middle of epoch 2 (rank 0 is then in or near an all-reduce with it),
+    # or rank 0, the writer, between epoch 2's checkpoint temp file and its rename (rank 1 waits at the barrier).
+    import signal
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *train_cmd(out)[1:]]
+    kill = lambda pid: os.kill(pid, signal.SIGKILL)
+    code, err, seconds = run_paused(point, cmd, kill, env={"OMP_NUM_THREADS": "1"})  # a thread each: 2 cores
+    assert code != 0 and seconds < 60, err[-3000:]
+    assert not os.path.exists(out / "final.json")
+    assert torch.load(out / "checkpoint.pt", weights_only=False)["epoch"] == 1 and len(read_run(out)[1]) == 1
