@@ -24,12 +24,11 @@ from augment import RECIPE_KEYS, RECIPES, recipe_batch, recipe_draws
 from data import (CORRUPTIONS, DATA_DEFAULTS, DATASETS, REGIME_OPTIONS, REGIMES, RESIZE_MODES, SPARSE_FRACTION,
                   SYNTHETIC_OPTIONS, TRAIN_CORRUPTION_OPTIONS, augment, class_list_text, data_config, epoch_plan,
                   normalize, rank_batches, resize)
-from evaluate import (SECTIONS, Parser, attention_backend, autocast, build_run_data, build_run_model, count_flops,
-                      device_layout, device_name, ema_pairs, ema_update, evaluate_split, fail, final_metrics,
-                      git_commit, load_checkpoint, load_teacher, lock_run_folder, make_device, mfu, pause_point,
-                      peak_tflops, read_config, read_json, save_checkpoint, start_weights, test_metrics,
-                      unlock_run_folder, versions, write_json, write_jsonl)
-from evaluate import RunFolderError, os_error  # what the run folder's writes fail with
+from evaluate import (SECTIONS, Parser, RunFolderError, attention_backend, autocast, build_run_data, build_run_model,
+                      count_flops, device_layout, device_name, ema_pairs, ema_update, evaluate_split, fail,
+                      final_metrics, git_commit, load_checkpoint, load_teacher, lock_run_folder, make_device, mfu,
+                      os_error, pause_point, peak_tflops, read_config, read_json, save_checkpoint, start_weights,
+                      test_metrics, unlock_run_folder, versions, write_json, write_jsonl)
 from model import ARCHS, DEFAULT_WEIGHTS, RESNET_PRESETS, VIT_DEFAULTS, count_params, model_config
 
 # Each optimiser's defaults; ResNets train with sgd and ViTs with adamw unless --opt says otherwise.
