@@ -102,6 +102,7 @@ else
     locality_fractions="0.1"
     radii="1 2"
     dilations="2"
+    # shellcheck disable=SC2054  # the commas are in values (--grids 8,16,32), not between elements
     bench=(--depth 1 --dim 64 --heads 4 --batch-size 1 --grids 8,16,32 --scopes layer --warmup 1 --repeats 3)
     corruptions="gaussian_noise,defocus_blur"
     time_budget=${time_budget:-20}
@@ -260,19 +261,25 @@ fi
 pretrain=(--dataset "$dataset" --classes 0-4)
 target=(--dataset "$dataset" --classes 5-9)
 own() { echo "--init $runs/$1-standard-$dataset-c0-4-s@SEED@"; }  # own ARCH: the flag starting from its pretraining
-imagenet_file() {  # imagenet_file ARCH: the torch hub cache file of its ImageNet weights (where train.py looks)
+imagenet_files() {  # imagenet_files NAME...: the torch hub cache file of each torchvision model's ImageNet weights
+    # One interpreter for all of them: importing torch and torchvision takes seconds.
     "$python" -c "import os, sys, torch, torchvision
-w = torchvision.models.get_model_weights(sys.argv[1])['IMAGENET1K_V1']
-print(os.path.join(torch.hub.get_dir(), 'checkpoints', os.path.basename(w.url)))" "$1"
+for name in sys.argv[1:]:
+    w = torchvision.models.get_model_weights(name)['IMAGENET1K_V1']
+    print(os.path.join(torch.hub.get_dir(), 'checkpoints', os.path.basename(w.url)))" "$@"
 }
 declare -A imagenet=()  # arch -> flags for its ImageNet weights, when the file is in the cache
 if wants transfer || wants truncation; then
-    for pair in resnet18:resnet18 vit-b16:vit_b_16; do
-        file=$(imagenet_file "${pair#*:}")
+    hub=$(imagenet_files resnet18 vit_b_16 2>/dev/null) ||
+        die "$python cannot import torch and torchvision; run $python -c 'import torchvision' to see why"
+    mapfile -t files <<< "$hub"
+    archs=(resnet18 vit-b16)
+    for i in "${!archs[@]}"; do
+        file=${files[$i]}
         if [ -f "$file" ]; then
-            imagenet[${pair%%:*}]="--pretrained imagenet --img-size $imagenet_size"
+            imagenet[${archs[$i]}]="--pretrained imagenet --img-size $imagenet_size"
         else
-            echo "transfer: ImageNet ${pair%%:*} runs skipped, no weights file $file"
+            echo "transfer: ImageNet ${archs[$i]} runs skipped, no weights file $file"
         fi
     done
 fi
@@ -325,18 +332,18 @@ if wants truncation; then  # 10. later layers removed before fine-tuning: a prob
     [ -n "${imagenet[vit-b16]:-}" ] && truncated vit-b16 in1k "${imagenet[vit-b16]}" "2 4 6 8 10"
 fi
 if wants attention-swap; then  # 11. each attention variant swapped into the pretrained ViT, then fine-tuned
-    cell=(--regime sparse --fraction 0.1)
+    at10=(--regime sparse --fraction 0.1)  # not `cell`: that is a string everywhere else
     swaps=("local1:--attention local --radius 1" "dilated1d2:--attention dilated --radius 1 --dilation 2"
            "hybrid1d1-2-4:--attention hybrid --radius 1 --dilations 1,2,4"
            "linformer16:--attention linformer --linformer-k 16" "performer:--attention performer"
            "nystrom16:--attention nystrom --landmarks 16" "lsa:--attention lsa")
     # shellcheck disable=SC2046  # own's flags are meant to split into words
-    job "vit-from-c0-4-sparse-f0.1-$dataset-c5-9" vit "${target[@]}" "${cell[@]}" $(own vit) "${finetune[@]}"
+    job "vit-from-c0-4-sparse-f0.1-$dataset-c5-9" vit "${target[@]}" "${at10[@]}" $(own vit) "${finetune[@]}"
     for v in "${swaps[@]}"; do
         # shellcheck disable=SC2206  # the variant's flags are meant to split into words
         vflags=(${v#*:})
         # shellcheck disable=SC2046
-        job "vit-from-c0-4-swap-${v%%:*}-sparse-f0.1-$dataset-c5-9" vit "${target[@]}" "${cell[@]}" $(own vit) \
+        job "vit-from-c0-4-swap-${v%%:*}-sparse-f0.1-$dataset-c5-9" vit "${target[@]}" "${at10[@]}" $(own vit) \
             "${vflags[@]}" "${finetune[@]}"
     done
 fi
