@@ -9,13 +9,13 @@ set -f  # no file-name globbing: every word here is meant literally
 EXPERIMENTS="regimes data-efficiency shallow locality attention attention-cost matched-params matched-time transfer
 truncation attention-swap distillation recipes"
 EXPERIMENTS=${EXPERIMENTS//$'\n'/ }
-profile=full seeds="" gpus=0 dry_run=0 only="" runs="" data_dir=data time_budget=""
+profile=full seeds="" gpus=0 dry_run=0 only="" runs="" data_dir=data time_budget="" jobs=1 devices=""
 python=${PYTHON:-python3}
 
 usage() {
     cat <<EOF
 usage: bash run_all.sh [--profile full|quick] [--seeds 0,1,2] [--gpus N] [--dry-run] [--only EXP[,EXP]]
-                       [--runs DIR] [--data-dir DIR] [--time-budget SECONDS]
+                       [--runs DIR] [--data-dir DIR] [--time-budget SECONDS] [--jobs N] [--devices LIST]
 
   --profile full    the real study, meant for a GPU (default): 200 epochs, 3 seeds
   --profile quick   the same grid shrunk (tiny models, 3 epochs, 50 images per class, 1 seed) to finish on a
@@ -27,6 +27,11 @@ usage: bash run_all.sh [--profile full|quick] [--seeds 0,1,2] [--gpus N] [--dry-
   --runs DIR        where run folders go (default: runs/full or runs/quick)
   --data-dir DIR    where the CIFAR folders are (default: data)
   --time-budget S   seconds of training per model in matched-time (default: 1200 full, 20 quick)
+  --jobs N          run N jobs side by side (default 1: one after another, output on the terminal); each job's
+                    output goes to its run folder's train.log, one line says when it starts and ends. A job
+                    waits for the runs it starts from or learns from; time-budget jobs and the benchmark run alone
+  --devices LIST    comma-separated GPU indices: job slot k runs with CUDA_VISIBLE_DEVICES=LIST[k mod length]
+                    (default: CUDA_VISIBLE_DEVICES left as it is)
 EOF
 }
 die() { echo "run_all.sh: error: $*" >&2; exit 2; }
@@ -35,11 +40,12 @@ while [ $# -gt 0 ]; do
     case "$1" in
         -h|--help) usage; exit 0 ;;
         --dry-run) dry_run=1; shift ;;
-        --profile|--seeds|--gpus|--only|--runs|--data-dir|--time-budget)
+        --profile|--seeds|--gpus|--only|--runs|--data-dir|--time-budget|--jobs|--devices)
             [ $# -ge 2 ] || die "$1 needs a value"
             case "$1" in
                 --profile) profile=$2 ;; --seeds) seeds=$2 ;; --gpus) gpus=$2 ;; --only) only=$2 ;;
                 --runs) runs=$2 ;; --data-dir) data_dir=$2 ;; --time-budget) time_budget=$2 ;;
+                --jobs) jobs=$2 ;; --devices) devices=$2 ;;
             esac
             shift 2 ;;
         *) die "unknown argument '$1'; see bash run_all.sh --help" ;;
@@ -55,6 +61,16 @@ case "$profile" in full|quick) ;; *) die "--profile '$profile' is not one of ful
 [ -z "$time_budget" ] || [[ "$time_budget" =~ ^[0-9]+([.][0-9]+)?$ ]] ||
     die "--time-budget '$time_budget' is not a number of seconds"
 [[ "$gpus" =~ ^[0-9]+$ ]] || die "--gpus '$gpus' is not a whole number"
+[[ "$jobs" =~ ^[1-9][0-9]*$ ]] || die "--jobs '$jobs' is not a whole number of at least 1"
+[ -z "$devices" ] || [[ "$devices" =~ ^[0-9]+(,[0-9]+)*$ ]] ||
+    die "--devices '$devices' is not a comma-separated list of GPU indices, e.g. 0,1,2,3"
+# A torchrun job of --gpus N > 1 takes N GPUs of its own: handing each job slot one GPU would starve it, and
+# several such jobs would need N GPUs each. Spread single-GPU jobs instead (--gpus 0 or 1 with --jobs, --devices).
+[ "$gpus" -gt 1 ] && [ "$jobs" -gt 1 ] && die "--jobs $jobs with --gpus $gpus: each job already takes $gpus GPUs; \
+use --jobs 1, or --gpus 0 or 1 to run single-GPU jobs side by side"
+[ "$gpus" -gt 1 ] && [ -n "$devices" ] && die "--devices '$devices' with --gpus $gpus: a job slot gets one GPU \
+but each job takes $gpus; use --gpus 0 or 1 with --devices"
+IFS=, read -ra device_list <<< "$devices"
 [ -z "$seeds" ] && { [ "$profile" = full ] && seeds=0,1,2 || seeds=0; }
 [[ "$seeds" =~ ^[0-9]+(,[0-9]+)*$ ]] || die "--seeds '$seeds' is not a comma-separated list of whole numbers"
 seeds=$(for s in ${seeds//,/ }; do echo $((10#$s)); done | awk '!seen[$0]++' | paste -sd,)  # 00 is seed 0, once
@@ -63,6 +79,7 @@ only=${only:-${EXPERIMENTS// /,}}
 for e in ${only//,/ }; do
     [[ " $EXPERIMENTS " == *" $e "* ]] || die "unknown experiment '$e'; choose from ${EXPERIMENTS// /, }"
 done
+wants() { [[ ",$only," == *",$1,"* ]]; }
 runs=${runs:-runs/$profile}
 # Run names do not carry the profile: one runs folder holds one profile, or finished quick runs would pass as full.
 if [ -f "$runs/PROFILE" ] && [ "$(cat "$runs/PROFILE")" != "$profile" ]; then
@@ -122,11 +139,79 @@ have_cifar100=0
 [ -d "$data_dir/cifar-100-python" ] && have_cifar100=1
 [ "$profile" = full ] && have_cifar100=1  # the full profile downloads what is missing
 
+# Jobs side by side would each download a missing CIFAR archive into the same folder at once: fetch it first.
+if [ "$jobs" -gt 1 ] && [ "$dry_run" = 0 ] && [ "$profile" = full ]; then
+    for pair in cifar10:cifar-10-batches-py cifar100:cifar-100-python; do
+        [ "${pair%%:*}" = cifar100 ] && ! { wants regimes || wants attention || wants transfer; } && continue
+        [ -d "$data_dir/${pair#*:}" ] && continue
+        echo "run_all.sh: downloading ${pair%%:*} into $data_dir once, before the jobs start side by side"
+        "$python" -c "import sys, data; data.load_cifar(sys.argv[1], sys.argv[2])" "${pair%%:*}" "$data_dir" ||
+            die "could not download ${pair%%:*} into $data_dir (see above)"
+    done
+fi
+
 launcher=("$python")
 [ "$gpus" -gt 0 ] && launcher=(torchrun --standalone --nproc_per_node="$gpus")
 
-# ---------------------------------------------------------------- running one job
+# ---------------------------------------------------------------- running jobs: one after another, or --jobs side by side
 finished=0 done_before=0 failed=()
+declare -A pid_name=() pid_log=() pid_slot=() pid_start=()  # the jobs running in the background, by process id
+launch() {  # launch NAME LOG ALONE CMD...: run CMD, the job of run NAME (its folder or file); ALONE=1: nothing beside it
+    local name=$1 log=$2 alone=$3; shift 3
+    local gpu=()
+    [ -n "$devices" ] && gpu=(env "CUDA_VISIBLE_DEVICES=${device_list[0]}")
+    if [ "$jobs" = 1 ]; then  # as before --jobs: in the foreground, its output on the terminal
+        echo ">>> $*"
+        if "${gpu[@]}" "$@"; then finished=$((finished + 1)); else failed+=("$name"); fi
+        return
+    fi
+    wait_for_sources "$@"
+    [ "$alone" = 1 ] && reap_all
+    while [ ${#pid_name[@]} -ge "$jobs" ]; do reap; done
+    local slot=0
+    while [[ " ${pid_slot[*]} " == *" $slot "* ]]; do slot=$((slot + 1)); done
+    [ -n "$devices" ] && gpu=(env "CUDA_VISIBLE_DEVICES=${device_list[slot % ${#device_list[@]}]}")
+    mkdir -p "$(dirname "$log")"
+    echo ">>> ${gpu[*]}${gpu:+ }$*" >> "$log"  # appended: a resumed run's log keeps its earlier attempts
+    "${gpu[@]}" "$@" >> "$log" 2>&1 &
+    pid_name[$!]=$name pid_log[$!]=$log pid_slot[$!]=$slot pid_start[$!]=$SECONDS
+    echo "[start] $name, slot $slot${gpu:+ (${gpu[1]})}: $* (output: $log)"
+    [ "$alone" = 1 ] && reap_all
+}
+reap() {  # reap [PID]: wait for that job (default: the next to end), count it and print its end line
+    local pid=${1:-} status
+    if [ -n "$pid" ]; then wait "$pid"; else wait -n -p pid "${!pid_name[@]}"; fi
+    status=$?
+    local name=${pid_name[$pid]} log=${pid_log[$pid]} took=$((SECONDS - pid_start[$pid]))
+    unset "pid_name[$pid]" "pid_log[$pid]" "pid_slot[$pid]" "pid_start[$pid]"
+    if [ "$status" = 0 ]; then
+        finished=$((finished + 1))
+        echo "[end] $name: exit 0 after ${took}s"
+    else
+        failed+=("$name")
+        echo "[end] $name: exit $status after ${took}s, see $log"
+    fi
+}
+reap_all() { while [ ${#pid_name[@]} -gt 0 ]; do reap; done; }
+wait_for_sources() {  # wait_for_sources CMD...: wait for the runs of this sweep that CMD starts from or learns from
+    # Dependencies: a fine-tune (--init), a truncation or attention swap (--init) and a student (--teacher) name
+    # their source's run folder. The grid lists every source before the runs that need it, so a source is
+    # finished, failed, or still running here; waiting for that one job, not a barrier before each phase, keeps
+    # the other slots busy.
+    local word pid
+    for word in "$@"; do
+        [[ "$word" == "$runs/"* ]] || continue
+        for pid in "${!pid_name[@]}"; do
+            [ "${pid_name[$pid]}" = "$word" ] && reap "$pid"
+        done
+    done
+}
+stop() {  # stop STATUS: on Ctrl-C or kill, end the jobs this script started, so none goes on writing its folder
+    [ ${#pid_name[@]} -gt 0 ] && kill "${!pid_name[@]}" 2>/dev/null
+    exit "$1"
+}
+trap 'stop 130' INT
+trap 'stop 143' TERM
 declare -A seen  # a cell shared by several experiments (the standard runs) is run and printed once
 job() {  # job NAME ARCH [train.py flags...]: one run per seed, in RUNS/NAME-s<seed> (@SEED@ in a flag: the seed)
     local name=$1 arch=$2; shift 2
@@ -135,8 +220,8 @@ job() {  # job NAME ARCH [train.py flags...]: one run per seed, in RUNS/NAME-s<s
         local out="$runs/$name-s$seed"
         [ -n "${seen[$out]:-}" ] && continue
         seen[$out]=1
-        local run_with=("${launcher[@]}")
-        [[ " $* " == *" --time-budget "* ]] && run_with=("$python")
+        local run_with=("${launcher[@]}") alone=0  # a time budget is wall-clock: shared with other jobs, it is not
+        [[ " $* " == *" --time-budget "* ]] && run_with=("$python") alone=1
         # shellcheck disable=SC2206  # the size flags are meant to split into words
         local cmd=("${run_with[@]}" train.py --arch "$arch" ${size[$arch]:-} "${common[@]}" "${@//@SEED@/$seed}"
                    --seed "$seed" --out "$out")
@@ -155,11 +240,9 @@ job() {  # job NAME ARCH [train.py flags...]: one run per seed, in RUNS/NAME-s<s
             echo "${cmd[*]}"
             continue
         fi
-        echo ">>> ${cmd[*]}"
-        if "${cmd[@]}"; then finished=$((finished + 1)); else failed+=("$out"); fi
+        launch "$out" "$out/train.log" "$alone" "${cmd[@]}"
     done
 }
-wants() { [[ ",$only," == *",$1,"* ]]; }
 both() {  # both NAME_SUFFIX [flags...]: the ViT and ResNet-18 of one cell, on identical data
     local suffix=$1; shift
     job "vit-$suffix" vit "$@"
@@ -239,9 +322,7 @@ if wants attention-cost; then  # 6. cost of every attention variant against toke
     elif [ "$dry_run" = 1 ]; then
         echo "${cmd[*]}"
     else
-        mkdir -p "$runs/bench"
-        echo ">>> ${cmd[*]}"
-        if "${cmd[@]}"; then finished=$((finished + 1)); else failed+=("$bench_out"); fi
+        launch "$bench_out" "$runs/bench/bench-attention.log" 1 "${cmd[@]}"  # alone: it measures time
     fi
 fi
 if wants matched-params; then  # 7a. equal parameter counts
@@ -377,6 +458,7 @@ fi
 
 # ---------------------------------------------------------------- summary
 [ "$dry_run" = 1 ] && exit 0
+reap_all
 echo "run_all.sh: $finished runs finished now, $done_before were already done, ${#failed[@]} failed"
 if [ ${#failed[@]} -gt 0 ]; then
     printf '  failed: %s\n' "${failed[@]}"

@@ -10,11 +10,45 @@ import analyze
 from helpers import ROOT
 
 
-def run_all(*args, python="python3", torch_home="/nonexistent-torch-home"):
-    """bash run_all.sh ARGS with PYTHON=python (the commands printed by a dry run start with it) and TORCH_HOME
-    (default: one without ImageNet weights)."""
+def run_all(*args, python="python3", torch_home="/nonexistent-torch-home", **env):
+    """bash run_all.sh ARGS with PYTHON=python (the commands printed by a dry run start with it), TORCH_HOME
+    (default: one without ImageNet weights) and the other environment variables given."""
     return subprocess.run(["bash", os.path.join(ROOT, "run_all.sh"), *args], capture_output=True, text=True, cwd=ROOT,
-                          env=dict(os.environ, PYTHON=python, TORCH_HOME=str(torch_home)))
+                          env=dict(os.environ, PYTHON=str(python), TORCH_HOME=str(torch_home), **env))
+
+
+# A stand-in for the interpreter: `train.py ... --out OUT` sleeps (ResNets twice as long), fails for the run named
+# in $FAIL_RUN, writes OUT/times.json (start, end, CUDA_VISIBLE_DEVICES) and, when it succeeds, OUT/final.json;
+# `-c CODE` calling data.load_cifar makes the dataset folder and logs the call in $FAKE_LOG; anything else runs python3.
+FAKE_PYTHON = """#!/usr/bin/env python3
+import json, os, sys, time
+args = sys.argv[1:]
+if args[:1] == ["-c"] and "load_cifar" in args[1]:
+    name, folder = args[2:4]
+    os.makedirs(os.path.join(folder, {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}[name]))
+    open(os.environ["FAKE_LOG"], "a").write(f"load_cifar {name}\\n")
+    sys.exit(0)
+if args[:1] != ["train.py"]:
+    os.execvp("python3", ["python3", *args])
+out = args[args.index("--out") + 1]
+os.makedirs(out, exist_ok=True)
+start = time.time()
+print("training", out)
+time.sleep(0.4 if "/resnet18-" in out else 0.2)
+times = dict(start=start, end=time.time(), gpu=os.environ.get("CUDA_VISIBLE_DEVICES"))
+json.dump(times, open(os.path.join(out, "times.json"), "w"))
+if os.path.basename(out) == os.environ.get("FAIL_RUN"):
+    sys.exit("fake failure")
+json.dump({}, open(os.path.join(out, "final.json"), "w"))
+"""
+
+
+def fake_python(tmp_path):
+    """FAKE_PYTHON as an executable file in tmp_path."""
+    path = tmp_path / "fake-python"
+    path.write_text(FAKE_PYTHON)
+    path.chmod(0o755)
+    return path
 
 
 def test_full_dry_run_prints_the_whole_grid_once(tmp_path):
@@ -188,6 +222,52 @@ def test_finished_runs_are_skipped_and_interrupted_ones_resumed(tmp_path):
     assert cmds[2].startswith("# failed: python3 train.py --arch vit-11m ")
 
 
+def test_jobs_run_side_by_side_students_wait_for_their_teacher_and_failures_are_listed(tmp_path):
+    runs, fail = tmp_path / "runs", "vit-kdhard-sparse-f0.1-synthetic-s0"
+    proc = run_all("--profile", "quick", "--only", "distillation,matched-time", "--time-budget", "1", "--runs",
+                   str(runs), "--data-dir", str(tmp_path / "none"), "--jobs", "2", "--devices", "3,5",
+                   python=fake_python(tmp_path), FAIL_RUN=fail)
+    # distillation: 3 cells x (vit, resnet18 teacher, 3 students); matched-time: vit and resnet18 on a time budget
+    assert proc.returncode == 1, proc.stderr
+    assert "run_all.sh: 16 runs finished now, 0 were already done, 1 failed" in proc.stdout
+    assert f"  failed: {runs}/{fail}" in proc.stdout.splitlines()
+    assert "training" not in proc.stdout and "fake failure" in open(runs / fail / "train.log").read()
+    assert f"[end] {runs}/{fail}: exit 1 after " in proc.stdout
+    times = {d.name: json.load(open(d / "times.json")) for d in runs.iterdir() if d.is_dir()}
+    assert len(times) == 17 and all(os.path.exists(runs / n / "final.json") == (n != fail) for n in times)
+    assert all(f"[start] {runs}/{n}, slot " in proc.stdout for n in times)
+    beside = lambda a, b: a != b and times[a]["start"] < times[b]["end"] and times[b]["start"] < times[a]["end"]
+    assert any(beside(a, b) for a in times for b in times)  # side by side...
+    for a in times:  # ...never more than 2 at once, each job slot on its own GPU
+        others = [b for b in times if beside(a, b) and times[b]["start"] <= times[a]["start"]]
+        assert len(others) <= 1 and times[a]["gpu"] in ("3", "5")
+        assert all(times[a]["gpu"] != times[b]["gpu"] for b in others)
+    students = [n for n in times if n.startswith("vit-kd")]
+    assert len(students) == 9
+    for n in students:  # a student starts after its teacher has finished
+        assert times[n]["start"] >= times["resnet18-" + n.split("-", 2)[2]]["end"]
+    timed = [n for n in times if "-t1s-" in n]  # a time budget is wall-clock: nothing runs beside it
+    assert len(timed) == 2 and not any(beside(a, b) for a in timed for b in times)
+
+
+def test_jobs_fetch_missing_data_once_and_the_dry_run_is_unchanged(tmp_path):
+    args = ("--profile", "quick", "--only", "distillation", "--runs", str(tmp_path), "--data-dir",
+            str(tmp_path / "none"), "--dry-run")
+    one = run_all(*args)
+    assert one.returncode == 0 and run_all(*args, "--jobs", "4", "--devices", "0,1").stdout == one.stdout
+    # Side by side, every job would download a missing archive into the same folder: it is fetched once, first.
+    log = tmp_path / "fetched"
+    proc = run_all("--profile", "full", "--only", "regimes", "--seeds", "0", "--jobs", "2",
+                   "--runs", str(tmp_path / "runs"), "--data-dir", str(tmp_path / "data"),
+                   python=fake_python(tmp_path), FAKE_LOG=str(log))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert log.read_text() == "load_cifar cifar10\nload_cifar cifar100\n"
+    again = run_all("--profile", "full", "--only", "matched-params", "--seeds", "0", "--jobs", "2", "--runs",
+                    str(tmp_path / "runs"), "--data-dir", str(tmp_path / "data"), python=fake_python(tmp_path),
+                    FAKE_LOG=str(log))
+    assert again.returncode == 0 and log.read_text().count("load_cifar") == 2  # present now: not fetched again
+
+
 def test_one_runs_folder_holds_one_profile(tmp_path):
     (tmp_path / "PROFILE").write_text("quick\n")
     proc = run_all("--runs", str(tmp_path), "--only", "matched-params")
@@ -202,6 +282,10 @@ def test_one_runs_folder_holds_one_profile(tmp_path):
     (["--frobnicate"], "unknown argument '--frobnicate'"),
     (["--only", ","], "--only ',' names no experiment"),
     (["--time-budget", "abc"], "--time-budget 'abc' is not a number of seconds"),
+    (["--jobs", "0"], "--jobs '0' is not a whole number of at least 1"),
+    (["--devices", "0,,1"], "--devices '0,,1' is not a comma-separated list of GPU indices, e.g. 0,1,2,3"),
+    (["--jobs", "2", "--gpus", "2"], "--jobs 2 with --gpus 2: each job already takes 2 GPUs; use --jobs 1, or"),
+    (["--devices", "0,1", "--gpus", "2"], "--devices '0,1' with --gpus 2: a job slot gets one GPU but each job"),
 ])
 def test_run_all_bad_arguments_exit_2(args, message):
     proc = run_all(*args)
