@@ -26,8 +26,8 @@ from analyze_attention import (section_attention_distance, section_attention_sca
 from analyze_recipes import section_distillation, section_recipes
 from analyze_transfer import section_attention_swap, section_transfer, section_truncation
 from analyze_groups import (ACC_COLUMNS, BASE_ARCHS, COLORS, accuracy_line, base, compare, crossings, curves,
-                            default_recipe, family_color, findings, fmt, from_scratch_all_classes, load_groups, metric,
-                            pairs, pareto_front, plot_bars, save, setting, stats, table)
+                            default_recipe, family_color, findings, fmt, from_scratch_all_classes, gap, load_groups,
+                            metric, pairs, pareto_front, plot_bars, save, setting, stats, table)
 from evaluate import Parser, fail, write_atomic
 
 
@@ -67,19 +67,14 @@ def section_data_efficiency(groups, out):
         common = sorted(set(by_arch.get("vit", {})) & set(by_arch.get("resnet18", {})))
         if not common:
             continue
-        acc = lambda m: [metric(by_arch[m][n], "test_acc")[0] for n in common]
-        cross = crossings(common, acc("vit"), acc("resnet18"))
+        cross, note = crossing_note(common, by_arch["vit"], by_arch["resnet18"])
         for x in cross:
             ax.axvline(x, color="grey", linestyle=":")
         at = lambda n: compare(by_arch["vit"][n], by_arch["resnet18"][n])
-        where = ", ".join(f"{x:,.0f}" for x in cross)
         sentences.append(f"On {name}, at the smallest training set ({common[0]:,} images): {at(common[0])} "
-                         f"At the largest ({common[-1]:,}): {at(common[-1])} " +
-                         (f"The mean curves cross near {where} training images (a crossing of means: it is only as "
-                          "firm as the gaps on either side)." if cross else
-                          "The mean curves do not cross in the measured range."))
+                         f"At the largest ({common[-1]:,}): {at(common[-1])} {note}")
     ax.set(xscale="log", xlabel="training images (log scale)", ylabel="test accuracy (%)",
-           title="Data efficiency (shaded: ± std over seeds; dotted: crossings)")
+           title="Data efficiency (shaded: ± std over seeds; dotted: crossings beyond it)")
     sizes = sorted({n for pts in lines.values() for n, _ in pts})
     ax.set_xticks(sizes, [f"{n:,}" for n in sizes], fontsize=8)
     ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
@@ -90,6 +85,25 @@ def section_data_efficiency(groups, out):
     text += curves(gs, out, "data_efficiency")
     text.append(findings(sentences))
     return "\n\n".join(text)
+
+
+def crossing_note(sizes, vit, resnet):
+    """(crossings, sentence) of the ViT and ResNet-18 curves over training-set sizes ({size: group} each): a
+    crossing counts only where the gap on both sides exceeds the seed spread as the findings judge it (the two
+    stds added), so no finding on either side contradicts it; with one seed the spread is unknown: none counts."""
+    acc = lambda groups: [metric(groups[n], "test_acc")[0] for n in sizes]
+    verdicts = [gap(vit[n], resnet[n])["verdict"] for n in sizes]
+    cross = crossings(sizes, acc(vit), acc(resnet), [v == "separated" for v in verdicts])
+    if cross:
+        return cross, (f"The curves cross near {', '.join(f'{x:,.0f}' for x in cross)} training images: on both "
+                       "sides the gap exceeds the seed-to-seed spread (the two stds added).")
+    means = crossings(sizes, acc(vit), acc(resnet))
+    if not means:
+        return [], "The mean curves do not cross in the measured range."
+    why = ("with 1 seed the spread is unknown" if "unknown" in verdicts else
+           "the gap does not exceed the seed-to-seed spread on both sides")
+    return [], (f"The mean curves change order near {', '.join(f'{x:,.0f}' for x in means)} training images, but "
+                f"{why}, so no crossing is marked.")
 
 
 def section_shallow(groups, out):

@@ -582,12 +582,15 @@ def pareto_front(pts):
     return sorted(front, key=lambda p: p[0])
 
 
-def crossings(xs, ya, yb):
-    """x positions (log-linear interpolation) where curve a - b changes sign between neighbouring points."""
+def crossings(xs, ya, yb, clear=None):
+    """x positions where curve a - b changes sign, interpolated log-linearly between the two points around it;
+    with `clear` (per point: the curves differ by more than their spread there), only changes of sign between
+    consecutive clear points, interpolated between those: a change inside the seed noise is no crossing."""
+    d = [a - b for a, b in zip(ya, yb)]
+    kept = [i for i in range(len(xs)) if d[i] != 0 and (clear is None or clear[i])]  # a touch is no crossing
     found = []
-    for i in range(len(xs) - 1):
-        d0, d1 = ya[i] - yb[i], ya[i + 1] - yb[i + 1]
-        if d0 * d1 < 0:  # a touch without a change of sign is no crossing
-            t = d0 / (d0 - d1)
-            found.append(math.exp(math.log(xs[i]) + t * (math.log(xs[i + 1]) - math.log(xs[i]))))
+    for i, j in zip(kept, kept[1:]):
+        if d[i] * d[j] < 0:
+            t = d[i] / (d[i] - d[j])
+            found.append(math.exp(math.log(xs[i]) + t * (math.log(xs[j]) - math.log(xs[i]))))
     return found

@@ -68,27 +68,66 @@ def test_gap_within_the_spread_is_not_called_a_win(tmp_path):
     assert analyze_groups.gap(one["vit"], one["vit"])["verdict"] == "tie"
 
 
-def test_data_efficiency_marks_where_the_curves_cross(tmp_path):
-    for n, vit, res in ((100, 0.3, 0.4), (1000, 0.5, 0.55), (10000, 0.8, 0.7)):
+def curve_runs(root, points, seeds=(0, 1)):
+    """ViT and ResNet-18 runs at each (training images, vit accs, resnet18 accs), one acc per seed: sparse below
+    10,000 images, standard at 10,000."""
+    for n, vit, res in points:
         regime = dict(regime="sparse", fraction=n / 10000) if n < 10000 else {}
-        fake_run(tmp_path, f"vit-{n}", 0, vit, train_size=n, **regime)
-        fake_run(tmp_path, f"resnet18-{n}", 0, res, arch="resnet18", train_size=n, **regime)
+        for seed, v, r in zip(seeds, vit, res):
+            fake_run(root, f"vit-{n}", seed, v, train_size=n, **regime)
+            fake_run(root, f"resnet18-{n}", seed, r, arch="resnet18", train_size=n, **regime)
+
+
+def test_data_efficiency_marks_where_the_curves_cross(tmp_path):
+    # Two seeds 2 points apart (std 1.4 each, 2.8 added): differences -10, -5 then +10 points, each beyond it.
+    curve_runs(tmp_path, ((100, (0.30, 0.32), (0.40, 0.42)), (1000, (0.50, 0.52), (0.55, 0.57)),
+                          (10000, (0.80, 0.82), (0.70, 0.72))))
     report, _, _ = analyze.write_report([str(tmp_path)], str(tmp_path / "out"))
-    # Differences -5 then +10 points: the crossing is a third of the way from 1,000 to 10,000 in log x.
-    assert ("On cifar10, at the smallest training set (100 images): On standard (cifar10), resnet18 reaches 40.0% "
-            "test accuracy against 30.0% for vit") not in report  # the smallest set is sparse, not standard
+    assert ("On cifar10, at the smallest training set (100 images): On standard (cifar10), resnet18 reaches 41.0% "
+            "test accuracy against 31.0% for vit") not in report  # the smallest set is sparse, not standard
     assert ("On cifar10, at the smallest training set (100 images): On sparse 1% (cifar10), resnet18 reaches "
-            "40.0%") in report
-    assert ("At the largest (10,000): On standard (cifar10), vit reaches 80.0% test accuracy against 70.0% for "
+            "41.0%") in report
+    assert ("At the largest (10,000): On standard (cifar10), vit reaches 81.0% test accuracy against 71.0% for "
             "resnet18") in report
-    assert "The mean curves cross near 2,154 training images (a crossing of means" in report
+    # -5 at 1,000 and +10 at 10,000: the crossing is a third of the way in log x.
+    assert ("The curves cross near 2,154 training images: on both sides the gap exceeds the seed-to-seed spread "
+            "(the two stds added).") in report
     assert os.path.exists(tmp_path / "out" / "plots" / "data_efficiency.png")
+
+
+def efficiency_groups(root):
+    """The training sizes and the {size: group} of vit and of resnet18 among the runs under root."""
+    groups = analyze_groups.load_groups([str(root)])[0]
+    by = lambda m: {g["runs"][0]["cfg"]["sizes"]["train"]: g for g in groups if g["model"] == m}
+    return sorted(by("vit")), by("vit"), by("resnet18")
+
+
+def test_a_crossing_inside_the_seed_spread_or_of_one_seed_is_not_marked(tmp_path):
+    # At 1,000 images vit 50 ± 7.1 against 55 ± 0: 5 points, inside the spread; at 10,000 10 points, beyond it.
+    curve_runs(tmp_path / "noisy", ((1000, (0.45, 0.55), (0.55, 0.55)), (10000, (0.80, 0.82), (0.70, 0.72))))
+    cross, note = analyze.crossing_note(*efficiency_groups(tmp_path / "noisy"))
+    assert cross == [] and note == ("The mean curves change order near 2,154 training images, but the gap does not "
+                                    "exceed the seed-to-seed spread on both sides, so no crossing is marked.")
+    # The same means with one seed: the spread is unknown, so nothing is marked either.
+    curve_runs(tmp_path / "one", ((1000, (0.45,), (0.50,)), (10000, (0.80,), (0.70,))), seeds=(0,))
+    cross, note = analyze.crossing_note(*efficiency_groups(tmp_path / "one"))
+    assert cross == [] and note == ("The mean curves change order near 2,154 training images, but with 1 seed the "
+                                    "spread is unknown, so no crossing is marked.")
+    curve_runs(tmp_path / "flat", ((1000, (0.45, 0.47), (0.55, 0.57)), (10000, (0.60, 0.62), (0.70, 0.72))))
+    assert analyze.crossing_note(*efficiency_groups(tmp_path / "flat")) == (
+        [], "The mean curves do not cross in the measured range.")
 
 
 def test_crossings_interpolate_in_log_x():
     assert analyze_groups.crossings([10, 1000], [0, 2], [1, 1]) == [pytest.approx(100)]
     assert analyze_groups.crossings([1, 10, 100], [1, 2, 3], [0, 0, 0]) == []
     assert analyze_groups.crossings([1, 10, 100], [1, 0, 1], [0, 0, 0]) == []  # touching is not crossing
+    assert analyze_groups.crossings([1, 10, 100], [1, 0, -1], [0, 0, 0]) == [pytest.approx(10)]  # through a touch
+    # Only clear points count: the change of sign between 1 and 100 is placed between them, over the unclear 10;
+    # with the last point unclear too, there is none.
+    assert analyze_groups.crossings([1, 10, 100], [0, 1.5, 2], [1, 1, 1], [True, False, True]) == [pytest.approx(10)]
+    assert analyze_groups.crossings([1, 10, 100], [0, 1.5, 2], [1, 1, 1], [True, False, False]) == []
+    assert analyze_groups.crossings([10, 1000], [0, 2], [1, 1], [True, True]) == [pytest.approx(100)]
 
 
 def test_groups_that_look_alike_are_told_apart_and_never_paired_across_settings(tmp_path):
