@@ -9,24 +9,27 @@ set -f  # no file-name globbing: every word here is meant literally
 EXPERIMENTS="regimes data-efficiency shallow locality attention attention-cost matched-params matched-time transfer
 truncation attention-swap distillation recipes"
 EXPERIMENTS=${EXPERIMENTS//$'\n'/ }
-profile=full seeds="" gpus=0 dry_run=0 only="" runs="" data_dir=data time_budget="" jobs=1 devices=""
+profile="" seeds="" gpus=0 dry_run=0 only="" runs="" data_dir=data time_budget="" jobs=1 devices=""
 python=${PYTHON:-python3}
 
 usage() {
     cat <<EOF
-usage: bash run_all.sh [--profile full|quick] [--seeds 0,1,2] [--gpus N] [--dry-run] [--only EXP[,EXP]]
+usage: bash run_all.sh [--profile full|quick|cpu] [--seeds 0,1,2] [--gpus N] [--dry-run] [--only EXP[,EXP]]
                        [--runs DIR] [--data-dir DIR] [--time-budget SECONDS] [--jobs N] [--devices LIST]
 
-  --profile full    the real study, meant for a GPU (default): 200 epochs, 3 seeds
+  --profile full    the real study, meant for a GPU (the default where torch sees one): 200 epochs, 3 seeds
+  --profile cpu     a first answer on 2 CPU cores in about 30 minutes (the default without a GPU): data
+                    efficiency on real CIFAR-10 (25, 50, 100 images per class), small ViT and ResNet, 25 epochs,
+                    3 seeds; needs DATA_DIR/cifar-10-batches-py
   --profile quick   the same grid shrunk (tiny models, 3 epochs, 50 images per class, 1 seed) to finish on a
                     2-core CPU in minutes; on CIFAR-10 if DATA_DIR/cifar-10-batches-py exists, else on synthetic
-  --seeds LIST      comma-separated seeds (default: 0,1,2 full, 0 quick)
+  --seeds LIST      comma-separated seeds (default: 0,1,2 full and cpu, 0 quick)
   --gpus N          run each job with torchrun --nproc_per_node=N (time-budget jobs stay single-process)
   --dry-run         print every command without running it ('# done' marks finished runs)
-  --only LIST       run only these experiments: ${EXPERIMENTS// /, }
-  --runs DIR        where run folders go (default: runs/full or runs/quick)
+  --only LIST       run only these experiments (default: all; cpu: data-efficiency): ${EXPERIMENTS// /, }
+  --runs DIR        where run folders go (default: runs/PROFILE)
   --data-dir DIR    where the CIFAR folders are (default: data)
-  --time-budget S   seconds of training per model in matched-time (default: 1200 full, 20 quick)
+  --time-budget S   seconds of training per model in matched-time (default: 1200 full, 120 cpu, 20 quick)
   --jobs N          run N jobs side by side (default 1: one after another, output on the terminal); each job's
                     output goes to its run folder's train.log, one line says when it starts and ends. A job
                     waits for the runs it starts from or learns from; time-budget jobs and the benchmark run alone
@@ -57,7 +60,7 @@ done
 [ "$data_dir" != data ] && data_dir=$(realpath -m "$data_dir")
 cd "$(dirname "$0")" || exit 2
 
-case "$profile" in full|quick) ;; *) die "--profile '$profile' is not one of full, quick" ;; esac
+case "$profile" in ""|full|quick|cpu) ;; *) die "--profile '$profile' is not one of full, quick, cpu" ;; esac
 [ -z "$time_budget" ] || [[ "$time_budget" =~ ^[0-9]+([.][0-9]+)?$ ]] ||
     die "--time-budget '$time_budget' is not a number of seconds"
 [[ "$gpus" =~ ^[0-9]+$ ]] || die "--gpus '$gpus' is not a whole number"
@@ -71,19 +74,41 @@ use --jobs 1, or --gpus 0 or 1 to run single-GPU jobs side by side"
 [ "$gpus" -gt 1 ] && [ -n "$devices" ] && die "--devices '$devices' with --gpus $gpus: a job slot gets one GPU \
 but each job takes $gpus; use --gpus 0 or 1 with --devices"
 IFS=, read -ra device_list <<< "$devices"
-[ -z "$seeds" ] && { [ "$profile" = full ] && seeds=0,1,2 || seeds=0; }
-[[ "$seeds" =~ ^[0-9]+(,[0-9]+)*$ ]] || die "--seeds '$seeds' is not a comma-separated list of whole numbers"
+[ -z "$seeds" ] || [[ "$seeds" =~ ^[0-9]+(,[0-9]+)*$ ]] ||
+    die "--seeds '$seeds' is not a comma-separated list of whole numbers"
+if [ -n "$only" ]; then
+    [ -n "${only//,/}" ] || die "--only '$only' names no experiment; choose from ${EXPERIMENTS// /, }"
+    for e in ${only//,/ }; do
+        [[ " $EXPERIMENTS " == *" $e "* ]] || die "unknown experiment '$e'; choose from ${EXPERIMENTS// /, }"
+    done
+fi
+
+# Without --profile: full where torch sees a CUDA GPU, else cpu. Asked of $python, the jobs' own interpreter, as
+# train.py's --device auto asks it (nvidia-smi would see a GPU that a CPU-only torch build cannot use).
+chosen=""
+if [ -z "$profile" ]; then
+    cuda=$("$python" -c "import torch; print(torch.cuda.is_available())" 2>/dev/null) ||
+        die "$python cannot import torch; run $python -c 'import torch' to see why, or give --profile"
+    case "$cuda" in
+        True) profile=full chosen="torch sees a CUDA GPU" ;;
+        False) profile=cpu chosen="torch sees no CUDA GPU" ;;
+        *) die "$python printed '$cuda' for torch.cuda.is_available(), not True or False; give --profile" ;;
+    esac
+    echo "profile: $profile ($chosen; --profile full, cpu or quick chooses)"
+fi
+[ "$profile" = cpu ] && [ ! -d "$data_dir/cifar-10-batches-py" ] && die "--profile cpu needs the real CIFAR-10 at \
+$data_dir/cifar-10-batches-py (see Data in README.md), or choose --profile quick (synthetic data without it) or full"
+[ -z "$seeds" ] && { [ "$profile" = quick ] && seeds=0 || seeds=0,1,2; }
 seeds=$(for s in ${seeds//,/ }; do echo $((10#$s)); done | awk '!seen[$0]++' | paste -sd,)  # 00 is seed 0, once
+[ "$profile" = cpu ] && only=${only:-data-efficiency}  # what fits 30 minutes (see the cpu settings below)
 only=${only:-${EXPERIMENTS// /,}}
-[ -n "${only//,/}" ] || die "--only '$only' names no experiment; choose from ${EXPERIMENTS// /, }"
-for e in ${only//,/ }; do
-    [[ " $EXPERIMENTS " == *" $e "* ]] || die "unknown experiment '$e'; choose from ${EXPERIMENTS// /, }"
-done
 wants() { [[ ",$only," == *",$1,"* ]]; }
 runs=${runs:-runs/$profile}
 # Run names do not carry the profile: one runs folder holds one profile, or finished quick runs would pass as full.
-if [ -f "$runs/PROFILE" ] && [ "$(cat "$runs/PROFILE")" != "$profile" ]; then
-    die "$runs holds --profile $(cat "$runs/PROFILE") runs; use another --runs folder for --profile $profile"
+held=$(cat "$runs/PROFILE" 2>/dev/null)
+if [ -n "$held" ] && [ "$held" != "$profile" ]; then
+    die "$runs holds --profile $held runs; use another --runs folder for --profile $profile${chosen:+ ($chosen; \
+give --profile $held to go on with them)}"
 fi
 if [ "$dry_run" = 0 ]; then mkdir -p "$runs" && echo "$profile" > "$runs/PROFILE"; fi
 
@@ -97,17 +122,17 @@ if [ "$profile" = full ]; then
     dilations="2 3"
     bench=()  # bench-attention's defaults: the vit preset's width, 65 to 4097 tokens
     corruptions=""  # all of them
-    time_budget=${time_budget:-1200}
+    budget=1200
     finetune=(--epochs 50)  # fine-tuning is short: AugReg fine-tunes CIFAR for about 100 epochs of 50,000 images
     imagenet_size=224  # the resolution torchvision's ImageNet weights were trained at
     truncate_vit="1 2 3 4 5" truncate_resnet="1 2 3"  # and all of them: the untruncated fine-tune
     recipes="none light1 light2 medium1 medium2 strong1 strong2 deit"
     recipe_fractions="0.02 0.1 0.5"  # plus the standard regime (100%)
     declare -A size=([vit]="" [vit-shallow]="" [vit-11m]="" [resnet18]="" [resnet18-shallow]="" [vit-b16]="")
-else
+else  # quick, and cpu: quick's grid with the sizes below
     if [ -d "$data_dir/cifar-10-batches-py" ]; then
         dataset=cifar10
-        echo "quick profile: CIFAR-10 from $data_dir/cifar-10-batches-py"
+        echo "$profile profile: CIFAR-10 from $data_dir/cifar-10-batches-py"
     else
         dataset=synthetic
         echo "quick profile: no CIFAR-10 at $data_dir/cifar-10-batches-py, using the synthetic dataset"
@@ -122,7 +147,7 @@ else
     # shellcheck disable=SC2054  # the commas are in values (--grids 8,16,32), not between elements
     bench=(--depth 1 --dim 64 --heads 4 --batch-size 1 --grids 8,16,32 --scopes layer --warmup 1 --repeats 3)
     corruptions="gaussian_noise,defocus_blur"
-    time_budget=${time_budget:-20}
+    budget=20
     finetune=(--epochs 3)
     imagenet_size=64  # a 224 px ViT-B/16 step takes seconds on 2 cores
     truncate_vit="1" truncate_resnet="1"
@@ -135,6 +160,30 @@ else
                      [vit-11m]="--depth 2 --dim 192 --heads 4 --mlp-ratio 2" [resnet18]="--stages 2"
                      [resnet18-shallow]="--stages 1")
 fi
+if [ "$profile" = cpu ]; then
+    # Data efficiency on real CIFAR-10 in about 30 minutes of 2 idle cores: pools of 25, 50 and 100 images per class
+    # (sparse 25% and 50% of a 100-image pool, and the pool itself), 25 epochs, 3 seeds, batch 32 (a 250-image set
+    # still gets 7 steps an epoch), 200 validation and 1,000 test images. Measured with one thread per run
+    # (OMP_NUM_THREADS=1, 2026-12-07: other jobs shared the 2 cores, and one thread gave steady numbers):
+    # ResNet-18 --stages 2 trains 17.5 ms/image, evaluates 6.6 ms/image and spends 17 s outside its epochs (start,
+    # test set, speed); the ViT (depth 4, width 128) 3.5 ms, 1.1 ms and 7.7 s. An epoch trains 224 + 480 + 992
+    # images (whole batches) and validates 3 x 200, so per seed:
+    #   ResNet 3 x 17 s + 25 x (1,696 x 17.5 ms + 600 x 6.6 ms) = 892 s
+    #   ViT    3 x 7.7 s + 25 x (1,696 x 3.5 ms + 600 x 1.1 ms) = 188 s
+    # and 3 seeds 3,240 s on one thread. Two threads run 1.7-2.1x faster (2.1: a full ResNet-18 trains about
+    # 70 images/s on 2 cores, 33 on one), so 26-32 minutes on idle cores; two of these commands timed on one
+    # thread beside other jobs (load 4-5) took 17% (ViT) and 28% (ResNet, 10 epochs) longer. At 20 images per
+    # class and 20 epochs the ResNet reached 31.0 and 35.3% (seeds 0, 1), the ViT 26.7, 26.2 and 22.5% (seeds
+    # 0-2): 8 points apart, beyond the two stds added (3.0 + 2.3); at 25 per class (seed 0) the ViT reached 28.0%
+    # in its 25 epochs, the ResNet 32.0% in 10.
+    common=(--epochs 25 --data-dir "$data_dir" --max-per-class 100 --val-fraction 0.004 --test-per-class 100
+            --batch-size 32)
+    fractions="0.25 0.5"
+    budget=120  # matched-time, when asked for: about half the standard ResNet's 25 epochs
+    # The ResNet stays quick's (677k parameters, and vit-11m a ViT of about as many); the ViT is wider and deeper.
+    size[vit]="--depth 4 --dim 128 --heads 4" size[vit-shallow]="--depth 2 --dim 128 --heads 4"
+fi
+time_budget=${time_budget:-$budget}
 have_cifar100=0
 [ -d "$data_dir/cifar-100-python" ] && have_cifar100=1
 [ "$profile" = full ] && have_cifar100=1  # the full profile downloads what is missing
@@ -153,10 +202,10 @@ fi
 launcher=("$python")
 [ "$gpus" -gt 0 ] && launcher=(torchrun --standalone --nproc_per_node="$gpus")
 
-# ---------------------------------------------------------------- running jobs: one after another, or --jobs side by side
+# ---------------------------------------------------------------- running jobs: in turn, or --jobs side by side
 finished=0 done_before=0 failed=()
 declare -A pid_name=() pid_log=() pid_slot=() pid_start=()  # the jobs running in the background, by process id
-launch() {  # launch NAME LOG ALONE CMD...: run CMD, the job of run NAME (its folder or file); ALONE=1: nothing beside it
+launch() {  # launch NAME LOG ALONE CMD...: run CMD, the job of run NAME (a folder or file); ALONE=1: none beside it
     local name=$1 log=$2 alone=$3; shift 3
     local gpu=()
     [ -n "$devices" ] && gpu=(env "CUDA_VISIBLE_DEVICES=${device_list[0]}")

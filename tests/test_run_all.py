@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 import analyze
 from helpers import ROOT
@@ -19,7 +20,8 @@ def run_all(*args, python="python3", torch_home="/nonexistent-torch-home", **env
 
 # A stand-in for the interpreter: `train.py ... --out OUT` sleeps (ResNets twice as long), fails for the run named
 # in $FAIL_RUN, writes OUT/times.json (start, end, CUDA_VISIBLE_DEVICES) and, when it succeeds, OUT/final.json;
-# `-c CODE` calling data.load_cifar makes the dataset folder and logs the call in $FAKE_LOG; anything else runs python3.
+# `-c CODE` calling data.load_cifar makes the dataset folder and logs the call in $FAKE_LOG, asking
+# torch.cuda.is_available() prints $FAKE_CUDA; anything else runs python3.
 FAKE_PYTHON = """#!/usr/bin/env python3
 import json, os, sys, time
 args = sys.argv[1:]
@@ -28,6 +30,8 @@ if args[:1] == ["-c"] and "load_cifar" in args[1]:
     os.makedirs(os.path.join(folder, {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}[name]))
     open(os.environ["FAKE_LOG"], "a").write(f"load_cifar {name}\\n")
     sys.exit(0)
+if args[:1] == ["-c"] and "cuda.is_available" in args[1]:
+    sys.exit(print(os.environ["FAKE_CUDA"]))
 if args[:1] != ["train.py"]:
     os.execvp("python3", ["python3", *args])
 out = args[args.index("--out") + 1]
@@ -52,7 +56,7 @@ def fake_python(tmp_path):
 
 
 def test_full_dry_run_prints_the_whole_grid_once(tmp_path):
-    proc = run_all("--dry-run", "--runs", str(tmp_path))
+    proc = run_all("--dry-run", "--profile", "full", "--runs", str(tmp_path))
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     cmds = [line for line in lines if " train.py " in line]
@@ -84,7 +88,8 @@ def test_full_dry_run_prints_the_whole_grid_once(tmp_path):
     assert len(timed) == 6 and all("--epochs 1000 --warmup-epochs 50" in c for c in timed)
     # torchrun on a part of the grid without transfer (its ImageNet look-up starts torch, seconds): regimes 10 runs,
     # matched-time 2
-    gpu_lines = run_all("--dry-run", "--runs", r, "--gpus", "2", "--seeds", "5", "--only", "regimes,matched-time")
+    gpu_lines = run_all("--dry-run", "--profile", "full", "--runs", r, "--gpus", "2", "--seeds", "5", "--only",
+                        "regimes,matched-time")
     gpus = [c for c in gpu_lines.stdout.splitlines() if "train.py" in c]
     assert len(gpus) == 12 and all(c.endswith("-s5") for c in gpus)
     torchrun = "torchrun --standalone --nproc_per_node=2 train.py"
@@ -114,9 +119,65 @@ def test_quick_dry_run_shrinks_the_grid_and_says_which_data(tmp_path):
     assert cifar.stdout.splitlines()[0] == f"quick profile: CIFAR-10 from {tmp_path}/data/cifar-10-batches-py"
 
 
+def test_cpu_profile_is_the_default_without_a_gpu_and_has_the_documented_sizes(tmp_path):
+    data, r = tmp_path / "data", str(tmp_path / "runs")
+    (data / "cifar-10-batches-py").mkdir(parents=True)
+    # The jobs' own interpreter is asked: the one torch import of a dry run without transfer.
+    lines = run_all("--dry-run", "--runs", r, "--data-dir", str(data), "--only", "matched-params").stdout.splitlines()
+    if torch.cuda.is_available():
+        assert lines[0] == "profile: full (torch sees a CUDA GPU; --profile full, cpu or quick chooses)"
+    else:
+        assert lines[:2] == ["profile: cpu (torch sees no CUDA GPU; --profile full, cpu or quick chooses)",
+                             f"cpu profile: CIFAR-10 from {data}/cifar-10-batches-py"]
+    lines = run_all("--dry-run", "--profile", "cpu", "--runs", r, "--data-dir", str(data)).stdout.splitlines()
+    cmds = [c for c in lines if "train.py" in c]
+    assert lines[0] == f"cpu profile: CIFAR-10 from {data}/cifar-10-batches-py" and len(lines) == 1 + len(cmds)
+    # data efficiency alone: 25, 50 and 100 images per class (sparse 25% and 50% of a 100-image pool), 3 seeds
+    assert len(cmds) == len(set(cmds)) == 3 * 2 * 3
+    common = (f"--epochs 25 --data-dir {data} --max-per-class 100 --val-fraction 0.004 --test-per-class 100 "
+              "--batch-size 32 --dataset cifar10")
+    for arch, sizes in (("vit", "--depth 4 --dim 128 --heads 4"), ("resnet18", "--stages 2")):
+        for seed in (0, 1, 2):
+            for cell, regime in (("standard", ""), ("sparse-f0.25", " --regime sparse --fraction 0.25"),
+                                 ("sparse-f0.5", " --regime sparse --fraction 0.5")):
+                assert (f"python3 train.py --arch {arch} {sizes} {common}{regime} --seed {seed} "
+                        f"--out {r}/{arch}-{cell}-cifar10-s{seed}") in cmds
+    matched = [c for c in run_all("--dry-run", "--profile", "cpu", "--runs", r, "--data-dir", str(data), "--only",
+                                  "matched-time").stdout.splitlines() if "train.py" in c]
+    assert len(matched) == 6 and all(" --time-budget 120 " in c for c in matched)
+
+
+def test_a_gpu_answer_chooses_full_an_explicit_profile_wins_and_cpu_needs_cifar10(tmp_path):
+    fake, r, none = fake_python(tmp_path), str(tmp_path / "runs"), str(tmp_path / "none")
+    gpu = run_all("--dry-run", "--runs", r, "--data-dir", none, "--only", "data-efficiency", python=fake,
+                  FAKE_CUDA="True")
+    lines = gpu.stdout.splitlines()
+    assert lines[0] == "profile: full (torch sees a CUDA GPU; --profile full, cpu or quick chooses)"
+    assert len(lines) == 1 + 14 * 3 and all(" --epochs 200 " in c for c in lines[1:])
+    quick = run_all("--dry-run", "--profile", "quick", "--runs", r, "--data-dir", none, "--only", "data-efficiency",
+                    python=fake, FAKE_CUDA="True").stdout.splitlines()
+    assert quick[0].startswith("quick profile: no CIFAR-10") and len(quick) == 1 + 10
+    # Without CIFAR-10 the cpu profile stops (no synthetic stand-in), chosen or given.
+    for args in ((), ("--profile", "cpu")):
+        proc = run_all("--dry-run", *args, "--runs", r, "--data-dir", none, python=fake, FAKE_CUDA="False")
+        assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1
+        assert proc.stderr.startswith(f"run_all.sh: error: --profile cpu needs the real CIFAR-10 at {none}/cifar-10-"
+                                      "batches-py (see Data in README.md), or choose --profile quick")
+    # A runs folder of another profile: the message says the profile was chosen, and how to go on with the other.
+    os.makedirs(r)
+    open(os.path.join(r, "PROFILE"), "w").write("full\n")
+    (tmp_path / "data" / "cifar-10-batches-py").mkdir(parents=True)
+    proc = run_all("--runs", r, "--data-dir", str(tmp_path / "data"), python=fake, FAKE_CUDA="False")
+    assert proc.returncode == 2 and proc.stderr == (
+        f"run_all.sh: error: {r} holds --profile full runs; use another --runs folder for --profile cpu (torch sees "
+        "no CUDA GPU; give --profile full to go on with them)\n")
+    bad = run_all("--runs", r, python=fake, FAKE_CUDA="maybe")
+    assert bad.returncode == 2 and "printed 'maybe' for torch.cuda.is_available(), not True or False" in bad.stderr
+
+
 def test_transfer_grid_pairs_each_fine_tune_with_its_pretraining_and_skips_absent_weights(tmp_path):
     r = str(tmp_path / "runs")
-    proc = run_all("--dry-run", "--only", "transfer,truncation,attention-swap", "--runs", r,
+    proc = run_all("--dry-run", "--profile", "full", "--only", "transfer,truncation,attention-swap", "--runs", r,
                    torch_home=tmp_path / "home")
     lines = proc.stdout.splitlines()
     cache = f"{tmp_path}/home/hub/checkpoints"
@@ -136,8 +197,9 @@ def test_transfer_grid_pairs_each_fine_tune_with_its_pretraining_and_skips_absen
     # untruncated fine-tune at 10% is also a transfer cell).
     os.makedirs(cache)
     open(f"{cache}/resnet18-f37072fd.pth", "w").close()
-    cmds = [c for c in run_all("--dry-run", "--only", "transfer,truncation", "--runs", r, "--seeds", "0",
-                               torch_home=tmp_path / "home").stdout.splitlines() if "--pretrained imagenet" in c]
+    cmds = [c for c in run_all("--dry-run", "--profile", "full", "--only", "transfer,truncation", "--runs", r,
+                               "--seeds", "0", torch_home=tmp_path / "home").stdout.splitlines()
+            if "--pretrained imagenet" in c]
     assert len(cmds) == 15 and all("--arch resnet18 " in c and "--img-size 224" in c for c in cmds)
 
 
@@ -153,7 +215,7 @@ def cell_seed(cmd):
 
 def test_each_student_learns_from_the_resnet18_of_its_own_cell_and_seed_trained_before_it(tmp_path):
     r = str(tmp_path)
-    out = run_all("--dry-run", "--only", "distillation", "--runs", r).stdout
+    out = run_all("--dry-run", "--profile", "full", "--only", "distillation", "--runs", r).stdout
     cmds = [c for c in out.splitlines() if "train.py" in c]
     students = [c for c in cmds if " --teacher " in c]
     # 3 cells x (teacher, plain ViT, soft, hard, token) x 3 seeds
@@ -171,8 +233,8 @@ def test_each_student_learns_from_the_resnet18_of_its_own_cell_and_seed_trained_
     cells = {cell_seed(c).rsplit("-s", 1)[0] for c in students}
     assert cells == {"standard-cifar10", "sparse-f0.1-cifar10", "imbalanced-r100-cifar10"}
     # With the rest of the grid, the teachers and plain ViTs are the regimes and data-efficiency runs, once each.
-    both = [c for c in run_all("--dry-run", "--only", "regimes,data-efficiency,distillation", "--runs", r,
-                               "--seeds", "0").stdout.splitlines() if "train.py" in c]
+    both = [c for c in run_all("--dry-run", "--profile", "full", "--only", "regimes,data-efficiency,distillation",
+                               "--runs", r, "--seeds", "0").stdout.splitlines() if "train.py" in c]
     assert len(both) == len(set(out_of(c) for c in both)) == 10 + 12 + 9
     quick = [c for c in run_all("--dry-run", "--profile", "quick", "--only", "distillation", "--runs", r,
                                 "--data-dir", str(tmp_path / "none")).stdout.splitlines() if " --teacher " in c]
@@ -182,8 +244,8 @@ def test_each_student_learns_from_the_resnet18_of_its_own_cell_and_seed_trained_
 
 def test_every_recipe_runs_for_both_families_beside_the_default_recipe(tmp_path):
     r = str(tmp_path)
-    cmds = [c for c in run_all("--dry-run", "--only", "recipes", "--runs", r, "--seeds", "0").stdout.splitlines()
-            if "train.py" in c]
+    cmds = [c for c in run_all("--dry-run", "--profile", "full", "--only", "recipes", "--runs", r, "--seeds",
+                               "0").stdout.splitlines() if "train.py" in c]
     presets = "none light1 light2 medium1 medium2 strong1 strong2 deit".split()
     cells = ["sparse-f0.02-cifar10", "sparse-f0.1-cifar10", "sparse-f0.5-cifar10", "standard-cifar10"]
     assert len(cmds) == len(set(cmds)) == (8 + 1) * 2 * 4  # the default recipe once per family and cell
@@ -270,12 +332,12 @@ def test_jobs_fetch_missing_data_once_and_the_dry_run_is_unchanged(tmp_path):
 
 def test_one_runs_folder_holds_one_profile(tmp_path):
     (tmp_path / "PROFILE").write_text("quick\n")
-    proc = run_all("--runs", str(tmp_path), "--only", "matched-params")
+    proc = run_all("--profile", "full", "--runs", str(tmp_path), "--only", "matched-params")
     assert proc.returncode == 2 and f"{tmp_path} holds --profile quick runs; use another --runs folder" in proc.stderr
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--profile", "huge"], "--profile 'huge' is not one of full, quick"),
+    (["--profile", "huge"], "--profile 'huge' is not one of full, quick, cpu"),
     (["--only", "regimes,foo"], "unknown experiment 'foo'; choose from regimes, data-efficiency"),
     (["--seeds", "0,a"], "--seeds '0,a' is not a comma-separated list of whole numbers"),
     (["--gpus"], "--gpus needs a value"),
