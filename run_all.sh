@@ -7,7 +7,7 @@ set -uo pipefail
 set -f  # no file-name globbing: every word here is meant literally
 
 EXPERIMENTS="regimes data-efficiency shallow locality attention attention-cost matched-params matched-time transfer
-truncation attention-swap distillation recipes"
+truncation attention-swap distillation recipes train-speed"
 EXPERIMENTS=${EXPERIMENTS//$'\n'/ }
 profile="" seeds="" gpus=0 dry_run=0 only="" runs="" data_dir=data time_budget="" jobs=1 devices=""
 python=${PYTHON:-python3}
@@ -121,6 +121,7 @@ if [ "$profile" = full ]; then
     radii="1 2 3 4"
     dilations="2 3"
     bench=()  # bench-attention's defaults: the vit preset's width, 65 to 4097 tokens
+    bench_train=()  # bench-train's defaults: vit, timm's ViT, vit-11m and ResNet-18, compiled and not, batch 128
     corruptions=""  # all of them
     budget=1200
     finetune=(--epochs 50)  # fine-tuning is short: AugReg fine-tunes CIFAR for about 100 epochs of 50,000 images
@@ -146,6 +147,8 @@ else  # quick, and cpu: quick's grid with the sizes below
     dilations="2"
     # shellcheck disable=SC2054  # the commas are in values (--grids 8,16,32), not between elements
     bench=(--depth 1 --dim 64 --heads 4 --batch-size 1 --grids 8,16,32 --scopes layer --warmup 1 --repeats 3)
+    # shellcheck disable=SC2054  # the commas are in values, not between elements
+    bench_train=(--models vit-shallow1,resnet18-shallow --compile off --batch-size 32 --steps 3 --warmup 1)
     corruptions="gaussian_noise,defocus_blur"
     budget=20
     finetune=(--epochs 3)
@@ -363,16 +366,21 @@ if wants attention; then  # 5. every attention variant and SL-ViT beside full at
         done
     done
 fi
-if wants attention-cost; then  # 6. cost of every attention variant against token count (one process, no training)
-    bench_out="$runs/bench/bench-attention.json"
-    cmd=("$python" evaluate.py bench-attention "${bench[@]}" --out "$bench_out")
-    if [ -f "$bench_out" ]; then
+bench_job() {  # bench_job NAME [flags...]: evaluate.py NAME into RUNS/bench/NAME.json, once; alone: it measures time
+    local name=$1; shift
+    local out="$runs/bench/$name.json"
+    local cmd=("$python" evaluate.py "$name" "$@" --out "$out")
+    if [ -f "$out" ]; then
         done_before=$((done_before + 1)); [ "$dry_run" = 1 ] && echo "# done: ${cmd[*]}"
     elif [ "$dry_run" = 1 ]; then
         echo "${cmd[*]}"
     else
-        launch "$bench_out" "$runs/bench/bench-attention.log" 1 "${cmd[@]}"  # alone: it measures time
+        mkdir -p "$runs/bench"
+        launch "$out" "$runs/bench/$name.log" 1 "${cmd[@]}"
     fi
+}
+if wants attention-cost; then  # 6. cost of every attention variant against token count (one process, no training)
+    bench_job bench-attention "${bench[@]}"
 fi
 if wants matched-params; then  # 7a. equal parameter counts
     both "standard-$dataset" "${data_flags[@]}"
@@ -503,6 +511,10 @@ if wants recipes; then  # 13. AugReg's augmentation and regularisation levels an
         both "$cell" "${flags[@]}"
         for r in $recipes; do both "$r-$cell" "${flags[@]}" --recipe "$r"; done
     done
+fi
+
+if wants train-speed; then  # 14. the training step's images/s, split and MFU per model (one process, no run folder)
+    bench_job bench-train "${bench_train[@]}"
 fi
 
 # ---------------------------------------------------------------- summary

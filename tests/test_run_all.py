@@ -67,7 +67,8 @@ def test_full_dry_run_prints_the_whole_grid_once(tmp_path):
     # presets x 2 families x 4 cells (the default-recipe runs shared)
     assert len(cmds) == len(set(cmds)) == 444 + 27 + 192 == 663
     r = str(tmp_path)
-    assert f"python3 evaluate.py bench-attention --out {r}/bench/bench-attention.json" in lines and len(lines) == 666
+    assert f"python3 evaluate.py bench-attention --out {r}/bench/bench-attention.json" in lines and len(lines) == 667
+    assert f"python3 evaluate.py bench-train --out {r}/bench/bench-train.json" in lines
     start = "python3 train.py --arch"
     for expected in (
             f"vit --epochs 200 --data-dir data --regime many-classes --attention lsa --spt --seed 2 "
@@ -109,6 +110,8 @@ def test_quick_dry_run_shrinks_the_grid_and_says_which_data(tmp_path):
     assert "attention: CIFAR-100 cells skipped, no CIFAR-100 at " + f"{tmp_path}/none/cifar-100-python" in lines
     bench = "python3 evaluate.py bench-attention --depth 1 --dim 64 --heads 4 "
     assert sum(line.startswith(bench) for line in lines) == 1
+    assert (f"python3 evaluate.py bench-train --models vit-shallow1,resnet18-shallow --compile off --batch-size 32 "
+            f"--steps 3 --warmup 1 --out {tmp_path}/bench/bench-train.json") in lines
     assert len(cmds) == 41 + 26 + 6 + 7 + 9 + 16
     assert all("--dataset synthetic" in c and "--max-per-class 50" in c and c.endswith("-s0") for c in cmds)
     assert any(c.startswith("python3 train.py --arch resnet18 --stages 2 --epochs 3") for c in cmds)
