@@ -8,6 +8,7 @@ checkpoint.pt (after every epoch, for --resume), final.json (written last: the r
 """
 import argparse
 import copy
+import json
 import math
 import os
 import sys
@@ -160,6 +161,9 @@ def run_flags(a):
                     "-<dataset>-s<seed>)")
     a("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     a("--overwrite", action="store_true", help="replace a run already in --out")
+    a("--dry-run", action="store_true", help="make every check a run makes (config, model, data, starting weights, "
+                                             "teacher, run folder), print the config and stop: nothing trained or "
+                                             "written")
     a("--thresholds", default="0.3,0.4,0.5,0.6,0.7,0.8,0.9", help="val accuracies for epochs_to/seconds_to")
     a("--progress", default="auto", choices=["auto", "on", "off"], help="tqdm bar on rank 0 (auto: on a terminal)")
     a("--stop-after-steps", type=int, help="stop abruptly after this many optimizer steps, as if killed (tests)")
@@ -886,6 +890,17 @@ def fail_run(cfg, history, error, rank):
     return 1
 
 
+def dry_run(cfg, rank):
+    """--dry-run, after every other check of a run: the run folder's lock taken and given back where the folder
+    exists (one not made yet holds none), then the resolved config on stdout; exit code 0, nothing left written."""
+    if rank == 0 and os.path.isdir(cfg["run"]["out"]):  # the lock's check is the lock's own code: take, give back
+        lock_run_folder(cfg["run"]["out"])
+        unlock_run_folder(cfg["run"]["out"])
+    if rank == 0:
+        print(json.dumps(cfg, indent=1), flush=True)
+    return 0
+
+
 def main(argv=None):
     """Parse, check, train, evaluate and write the run folder."""
     parser = get_parser()
@@ -910,6 +925,8 @@ def main(argv=None):
                      steps=0)  # steps: of this launch
         if cfg["run"]["resume"]:
             start, history = resume(cfg, net, device, clock)
+        if cfg["run"]["dry_run"]:
+            return dry_run(cfg, rank)
         if rank == 0:  # the last check: a second process on this run folder stops here, before it writes anything
             lock_run_folder(cfg["run"]["out"])
     except ValueError as e:

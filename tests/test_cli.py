@@ -1,0 +1,103 @@
+"""train.py's command line as a whole: --dry-run against a real run."""
+import json
+import os
+import platform
+
+import pytest
+
+import train
+
+# Each model as small as it gets: a generated --arch that changes the family is refused (--depth with a ResNet,
+# --stages with a ViT), so no example builds a full-size model.
+VIT_SMALL = ["--depth", "1", "--dim", "16", "--heads", "2", "--patch-size", "4"]
+RESNET_SMALL = ["--stages", "1"]
+SYNTHETIC_SMALL = ["--synthetic-per-class", "5", "--synthetic-size", "16"]  # the smallest synthetic set allowed
+TINY = ["--arch", "vit", *VIT_SMALL, "--dataset", "synthetic", *SYNTHETIC_SMALL, "--device", "cpu"]
+
+
+def run_main(argv, capsys):
+    """train.main(argv) in this process: (exit code, stdout, stderr)."""
+    try:
+        code = train.main(argv)
+    except SystemExit as e:
+        code = e.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def tree(root):
+    """Every file and folder under root, with each file's bytes: what a command wrote there shows as a difference."""
+    found = {}
+    for folder, dirs, files in os.walk(root):
+        found |= {os.path.join(folder, d): None for d in dirs}
+        found |= {os.path.join(folder, f): open(os.path.join(folder, f), "rb").read() for f in files}
+    return found
+
+
+# ----------------------------------------------------------------------------- --dry-run against a real run
+
+def test_a_dry_run_prints_the_config_a_real_run_writes_and_writes_nothing(tmp_path, capsys, monkeypatch):
+    argv = [*TINY, "--epochs", "1", "--batch-size", "16", "--progress", "off", "--out", str(tmp_path / "run")]
+    code, out, err = run_main([*argv, "--dry-run"], capsys)
+    assert code == 0 and err == "" and not (tmp_path / "run").exists()
+    printed = json.loads(out)
+
+    class Trained(Exception):
+        pass
+
+    def run_epochs(*args):  # config.json is written before the first step: the real run can stop there
+        raise Trained
+    monkeypatch.setattr(train, "run_epochs", run_epochs)
+    with pytest.raises(Trained):
+        train.main(argv)
+    written = json.load(open(tmp_path / "run" / "config.json"))
+    assert printed["run"].pop("dry_run") is True and written["run"].pop("dry_run") is False
+    assert {s: written[s] for s in train.SECTIONS} == printed
+
+
+def finished_run(path):
+    """A folder that holds a finished run, as far as the run-folder checks look."""
+    os.makedirs(path)
+    json.dump(dict(status="finished"), open(os.path.join(path, "final.json"), "w"))
+
+
+def held_folder(path):
+    """A folder whose .lock names a process on another host: taken as alive, so any run of train.py is refused."""
+    os.makedirs(path)
+    json.dump(dict(pid=os.getpid(), host=platform.node() + "-other"), open(os.path.join(path, ".lock"), "w"))
+
+
+def unfinished_run(path):
+    """A run folder without final.json, for --init and --teacher."""
+    os.makedirs(path)
+    json.dump({}, open(os.path.join(path, "config.json"), "w"))
+
+
+# Refusals made late in main(), after the config is resolved, each by a later step of a real run: (what to make at
+# {path}, whether --out is that folder, the flags, what the error says).
+LATE = {
+    "run folder": (finished_run, True, [], "already holds a finished run"),
+    "model": (None, False, ["--patch-size", "3"], "patch size 3 does not divide the image size 16"),
+    "data": (None, False, ["--dataset", "cifar10"], "cifar10 not found"),
+    "starting weights": (unfinished_run, False, ["--init", "{path}"], "{path} is not a finished run folder"),
+    "teacher": (unfinished_run, False, ["--teacher", "{path}", "--distill", "soft"], "{path} is not a finished run"),
+    "lock": (held_folder, True, ["--overwrite"], "(its .lock); wait for it, or stop it"),
+}
+
+
+@pytest.mark.parametrize("step", LATE)
+def test_a_dry_run_refuses_what_a_real_run_refuses(step, tmp_path, capsys):
+    make, is_out, extra, message = LATE[step]
+    path = str(tmp_path / "made")
+    if make:
+        make(path)
+    dataset = [] if "--dataset" in extra else ["--dataset", "synthetic", *SYNTHETIC_SMALL]
+    argv = ["--arch", "vit", *VIT_SMALL, *dataset, "--device", "cpu", "--epochs", "1", "--no-download", "--data-dir",
+            str(tmp_path / "none"), "--out", path if is_out else str(tmp_path / "out")]
+    argv += [word.format(path=path) for word in extra]
+    before = tree(tmp_path)
+    real = run_main(argv, capsys)
+    dry = run_main([*argv, "--dry-run"], capsys)
+    assert real[0] == dry[0] == 2 and real[2] == dry[2], (real, dry)
+    assert message.format(path=path) in dry[2]
+    assert tree(tmp_path) == before
