@@ -7,7 +7,6 @@ share.
 
 Imports run one way: model, attention and data <- evaluate <- train.
 """
-import argparse
 import functools
 import json
 import os
@@ -29,29 +28,16 @@ from torchvision.transforms import v2
 
 from attention import (ATTENTIONS, WINDOWED, Attention, attention_options, flex_attention, flex_block_mask,
                        local_attention_mask)
-from augment import RECIPE_KEYS, RECIPES, recipe_batch, recipe_draws
+from augment import RECIPE_KEYS, recipe_batch, recipe_draws
 from data import (augment, build_data, channel_stats, class_list_text, corrupt, dataset_shape, epoch_plan,
                   load_dataset, normalize, rank_batches)
 from model import RESNET_PRESETS, ViT, build_model, count_params, imagenet_state, transfer_state
+from options import RECIPES, SECTIONS, Parser, fail
 
 SOFTMAX_KINDS = WINDOWED | {"full", "lsa"}  # kinds with explicit attention weights, for attention_distance
-SECTIONS = ("model", "data", "optim", "run")  # a run's config.json: these, then what the run recorded
 
 
 # ----------------------------------------------------------------------------- the command line and run folders
-
-def fail(message, prog):
-    """Print one error line and exit with code 2 (bad input: nothing was trained or overwritten)."""
-    print(f"{prog}: error: {message}", file=sys.stderr)
-    sys.exit(2)
-
-
-class Parser(argparse.ArgumentParser):
-    """argparse that reports a bad command line in one line with exit code 2, as every other bad input."""
-
-    def error(self, message):
-        fail(message, self.prog)
-
 
 PAUSE_AT = os.environ.get("LAB_PAUSE_AT")  # the kill -9 tests' hook: see pause_point
 PAUSES = {}

@@ -14,21 +14,10 @@ import os
 import sys
 import time
 
-import torch
-import torch.distributed as dist
-import torch.nn.functional as F
-from tqdm import tqdm
-
-from attention import ATTENTION_OPTIONS, ATTENTIONS, option_flag, shown_options
-from augment import RECIPE_KEYS, RECIPES, recipe_batch, recipe_draws
-from data import (CORRUPTIONS, DATA_DEFAULTS, DATASETS, REGIME_OPTIONS, REGIMES, RESIZE_MODES, SPARSE_FRACTION,
-                  SYNTHETIC_OPTIONS, TRAIN_CORRUPTION_OPTIONS, augment, class_list_text, data_config, epoch_plan,
-                  normalize, rank_batches, resize)
-from evaluate import (SECTIONS, Parser, attention_backend, autocast, build_run_data, build_run_model, device_name,
-                      ema_pairs, ema_update, evaluate_split, fail, final_metrics, git_commit, load_checkpoint,
-                      load_teacher, lock_run_folder, make_device, pause_point, read_config, read_json, save_checkpoint,
-                      start_weights, test_metrics, unlock_run_folder, versions, write_json, write_jsonl)
-from model import ARCHS, DEFAULT_WEIGHTS, RESNET_PRESETS, VIT_DEFAULTS, count_params, model_config
+# The command line is made from options.py alone, which imports no torch: see the check after recipe_flags.
+from options import (ARCHS, ATTENTION_OPTIONS, ATTENTIONS, CORRUPTION_NAMES, DATA_DEFAULTS, DATASETS, DEFAULT_WEIGHTS,
+                     RECIPES, REGIME_OPTIONS, REGIMES, RESIZE_MODES, SECTIONS, SPARSE_FRACTION, SYNTHETIC_OPTIONS,
+                     TRAIN_CORRUPTION_OPTIONS, VIT_DEFAULTS, Parser, option_flag)
 
 # Each optimiser's defaults; ResNets train with sgd and ViTs with adamw unless --opt says otherwise.
 OPTIMIZERS = {"adamw": dict(lr=1e-3, weight_decay=0.05), "sgd": dict(lr=0.1, weight_decay=5e-4, momentum=0.9)}
@@ -84,7 +73,7 @@ def model_flags(group):
     a("--weights-file", metavar="PATH", help="--pretrained: load this local file instead of the torch hub cache")
     a("--truncate", type=int, metavar="K", help="keep the first K blocks (ViT) or residual stages (ResNet) of the "
                                                 "starting model, with a fresh head")
-    a = group("model", "ViT attention (each option only with the kinds named; defaults in attention.py)")
+    a = group("model", "ViT attention (each option only with the kinds named; defaults in options.py)")
     a("--attention", choices=ATTENTIONS, metavar="KIND", help=f"{', '.join(ATTENTIONS)} (default full)")
     for name, o in ATTENTION_OPTIONS.items():
         a(option_flag(name), type=o.get("type"), choices=o.get("choices"),
@@ -116,7 +105,7 @@ def data_flags(group):
       help=f"imbalanced: largest / smallest class (>= 1, default {REGIME_OPTIONS['imbalanced']['imbalance_ratio']:g})")
     a("--imbalance-profile", choices=["exp", "step"], help="imbalanced: exp (default) or step")
     a("--corruptions", help="corrupted: comma-separated corruptions evaluated at severities 1-5 (default: all)")
-    a("--train-corruption", choices=list(CORRUPTIONS), metavar="NAME",
+    a("--train-corruption", choices=CORRUPTION_NAMES, metavar="NAME",
       help="also corrupt a share of the training images with this corruption")
     a("--train-severity", type=int, choices=[1, 2, 3, 4, 5],
       help=f"severity for --train-corruption (default {TRAIN_CORRUPTION_OPTIONS['train_severity']})")
@@ -193,6 +182,29 @@ def recipe_flags(a):
     a("--distill-alpha", type=float,
       help=f"weight of the distillation term (default {DISTILL_DEFAULTS['distill_alpha']})")
     a("--distill-tau", type=float, help=f"--distill soft: temperature (default {DISTILL_DEFAULTS['distill_tau']})")
+
+
+if __name__ == "__main__":
+    # A bad command line (a mistyped flag, an unknown name, a value of the wrong type) is refused here, before torch
+    # and the modules that import it load: they take seconds (tens on a busy machine), this takes milliseconds.
+    # This is the real parser, not a copy: every list it offers lives in options.py, which imports no torch, and
+    # model.py, attention.py, data.py and augment.py import them from there. main() parses again, to use the values.
+    get_parser().parse_args()
+
+import torch  # noqa: E402  (the imports below load torch: after the check above)
+import torch.distributed as dist  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from attention import shown_options  # noqa: E402
+from augment import RECIPE_KEYS, recipe_batch, recipe_draws  # noqa: E402
+from data import (augment, class_list_text, data_config, epoch_plan, normalize, rank_batches,  # noqa: E402
+                  resize)
+from evaluate import (attention_backend, autocast, build_run_data, build_run_model, device_name,  # noqa: E402
+                      ema_pairs, ema_update, evaluate_split, fail, final_metrics, git_commit, load_checkpoint,
+                      load_teacher, lock_run_folder, make_device, pause_point, read_config, read_json, save_checkpoint,
+                      start_weights, test_metrics, unlock_run_folder, versions, write_json, write_jsonl)
+from model import RESNET_PRESETS, count_params, model_config  # noqa: E402
 
 
 def resolve_config(args, sections, world=1):

@@ -1,11 +1,17 @@
-"""train.py's command line as a whole: --dry-run against a real run."""
+"""train.py's command line as a whole: --dry-run against a real run, and the refusal of a bad command line before
+torch loads."""
 import json
 import os
 import platform
+import subprocess
+import sys
 
 import pytest
 
+import data
+import options
 import train
+from helpers import ROOT
 
 # Each model as small as it gets: a generated --arch that changes the family is refused (--depth with a ResNet,
 # --stages with a ViT), so no example builds a full-size model.
@@ -101,3 +107,53 @@ def test_a_dry_run_refuses_what_a_real_run_refuses(step, tmp_path, capsys):
     assert real[0] == dry[0] == 2 and real[2] == dry[2], (real, dry)
     assert message.format(path=path) in dry[2]
     assert tree(tmp_path) == before
+
+
+# ----------------------------------------------------------------------------- a bad command line, before torch
+
+@pytest.fixture(scope="module")
+def without_torch(tmp_path_factory):
+    """An environment in which importing torch, torchvision, NumPy or tqdm raises ImportError."""
+    root = tmp_path_factory.mktemp("without_torch")
+    for name in ("torch", "torchvision", "numpy", "tqdm"):
+        (root / name).mkdir()
+        (root / name / "__init__.py").write_text(f"raise ImportError('{name} was imported')\n")
+    return dict(os.environ, PYTHONPATH=str(root))  # after the script's folder, before site-packages
+
+
+def train_py(argv, env=None):
+    """python3 train.py argv in a new process: the CompletedProcess, text output captured."""
+    return subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), *argv], capture_output=True, text=True,
+                          env=env)
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--no-such-flag"], "unrecognized arguments: --no-such-flag"),
+    (["--arch", "vgg"], "argument --arch: invalid choice: 'vgg'"),
+    (["--train-corruption", "fog"], "argument --train-corruption: invalid choice: 'fog'"),
+    (["--recipe", "heavy"], "argument --recipe: invalid choice: 'heavy'"),
+    (["--epochs", "x"], "argument --epochs: invalid int value: 'x'"),
+    (["--lr"], "argument --lr: expected one argument"),
+])
+def test_a_bad_command_line_is_refused_without_importing_torch(argv, message, without_torch):
+    proc = train_py(argv, without_torch)
+    assert proc.returncode == 2 and proc.stderr.startswith(f"train.py: error: {message}")
+    assert len(proc.stderr.splitlines()) == 1 and "was imported" not in proc.stderr
+
+
+def test_a_good_command_line_goes_on_to_import_torch(without_torch):
+    proc = train_py([*TINY, "--dry-run"], without_torch)
+    assert proc.returncode == 1 and "ImportError: torch was imported" in proc.stderr  # past the check
+    proc = train_py(["--help"], without_torch)
+    assert proc.returncode == 0 and proc.stdout.startswith("usage: train.py") and "--dry-run" in proc.stdout
+
+
+def test_a_good_command_line_runs(tmp_path):
+    proc = train_py([*TINY, "--dry-run", "--out", str(tmp_path / "run")])
+    assert proc.returncode == 0 and json.loads(proc.stdout)["run"]["out"] == str(tmp_path / "run"), proc.stderr
+    assert os.listdir(tmp_path) == []
+
+
+def test_options_corruption_names_are_data_corruptions():
+    # The one list kept twice: the names in options.py (no torch), the functions in data.py.
+    assert options.CORRUPTION_NAMES == list(data.CORRUPTIONS)
