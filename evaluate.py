@@ -225,8 +225,14 @@ def build_run_model(cfg, backend="sdpa"):
     torch.manual_seed(cfg["run"]["seed"])
     try:
         return build_model(**cfg["model"], num_classes=classes, image_size=image_size, backend=backend)
-    except TypeError as e:  # a key of another version of this code
-        raise ValueError(f"the model section of this config does not fit this code ({e})")
+    except TypeError as e:
+        if "keyword argument" in str(e) or "positional argument" in str(e):  # a key of another version of this code
+            raise ValueError(f"the model section of this config does not fit this code ({e})")
+        why = str(e)  # torch's: a tensor size beyond its 64-bit integers
+    except (RuntimeError, MemoryError) as e:  # torch's allocator, or a tensor whose byte count overflows
+        why = str(e) or type(e).__name__
+    # torch's message can run over several lines (C++ frames): its first line says why
+    raise ValueError(f"the model's sizes are too large to build: {why.splitlines()[0]}")
 
 
 def source_state(path, device="cpu"):

@@ -233,6 +233,9 @@ def model_config(given):
             raise ValueError(f"{flag} {value} is outside [0, 1)")
     if model["mlp_ratio"] <= 0:
         raise ValueError(f"--mlp-ratio {model['mlp_ratio']} must be positive")
+    if int(model["dim"] * model["mlp_ratio"]) < 1:  # Block's hidden width: an MLP of no unit is no MLP
+        raise ValueError(f"--mlp-ratio {model['mlp_ratio']:g} gives the MLP of width {model['dim']} no hidden unit; "
+                         f"allowed: at least 1/{model['dim']}")
     chosen = {k: v for k, v in given.items() if k in ATTENTION_OPTIONS}
     # Heads that do not divide the width give no head width: Attention refuses them when the model is built.
     head_dim = model["dim"] // model["heads"] if model["dim"] % model["heads"] == 0 else None

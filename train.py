@@ -211,6 +211,7 @@ def resolve_config(args, sections, world=1):
     """The run's config, resolved once from the command line and never changed afterwards: a model, a data, an
     optim and a run section, each holding only what applies; ValueError naming the flag for a bad value."""
     given = {s: {k: getattr(args, k) for k in keys} for s, keys in sections.items()}
+    check_numbers(given)
     if given["optim"]["recipe"]:
         given = with_recipe(given)
     if given["optim"]["distill"] == "token":  # the distillation token is part of the model
@@ -231,8 +232,20 @@ def resolve_config(args, sections, world=1):
         raise ValueError(f"--thresholds '{run['thresholds']}' is not a comma-separated list of numbers")
     if not all(0 < t <= 1 for t in run["thresholds"]):
         raise ValueError(f"--thresholds {given['run']['thresholds']} must be accuracies in (0, 1]")
+    if not 0 <= run["seed"] < 2 ** 32:  # NumPy's seeds; seed * 1000003 + epoch * 101 (train_one_epoch) stays int64
+        raise ValueError(f"--seed {run['seed']} is outside 0 to {2 ** 32 - 1}")
     run["out"] = run["out"] or default_out(model, data, optim, run["seed"])
     return dict(model=model, data=data, optim=optim, run=run)
+
+
+def check_numbers(given):
+    """ValueError naming the flag of a number that no range check written as a comparison refuses: nan (every
+    comparison with it is false), inf, and an integer beyond the 64 bits that torch and NumPy count with."""
+    for key, value in ((k, v) for section in given.values() for k, v in section.items()):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"{option_flag(key)} {value} is not a finite number")
+        if isinstance(value, int) and not -2 ** 63 <= value < 2 ** 63:
+            raise ValueError(f"{option_flag(key)} {value} is beyond the 64-bit integers (at most {2 ** 63 - 1})")
 
 
 def with_recipe(given):
@@ -266,7 +279,7 @@ def parse_randaug(text):
     """'2,9' or '2,9,0.5' -> [N, M, STD] (STD 0 when not given); ValueError naming the text."""
     try:
         values = [float(v) for v in text.split(",")]
-        assert len(values) in (2, 3) and values[0] == int(values[0])
+        assert len(values) in (2, 3) and all(map(math.isfinite, values)) and values[0] == int(values[0])
     except (ValueError, AssertionError):
         raise ValueError(f"--randaug '{text}' is not N,M or N,M,STD (e.g. 2,9 or 2,9,0.5)")
     return [int(values[0]), values[1], values[2] if len(values) == 3 else 0.0]

@@ -1,5 +1,5 @@
-"""train.py's command line as a whole: --dry-run against a real run, and the refusal of a bad command line before
-torch loads."""
+"""train.py's command line as a whole: --dry-run against a real run, the refusal of a bad command line before torch
+loads, and numbers no range check refused."""
 import json
 import os
 import platform
@@ -9,6 +9,7 @@ import sys
 import pytest
 
 import data
+import evaluate
 import options
 import train
 from helpers import ROOT
@@ -157,3 +158,50 @@ def test_a_good_command_line_runs(tmp_path):
 def test_options_corruption_names_are_data_corruptions():
     # The one list kept twice: the names in options.py (no torch), the functions in data.py.
     assert options.CORRUPTION_NAMES == list(data.CORRUPTIONS)
+
+
+# ----------------------------------------------------------------------------- the bugs the property tests found
+
+@pytest.mark.parametrize("extra,message", [
+    # Beyond 64 bits: an OverflowError traceback from NumPy (synthetic images), torch's C++ frames in the message.
+    (["--synthetic-per-class", str(2 ** 63)], f"--synthetic-per-class {2 ** 63} is beyond the 64-bit integers"),
+    (["--dim", str(2 ** 63)], f"--dim {2 ** 63} is beyond the 64-bit integers"),
+    # nan passes every range check written as a comparison, inf the open-ended ones: accepted, written into
+    # config.json as NaN or Infinity (not JSON), or an OverflowError traceback (--mlp-ratio inf).
+    (["--mlp-ratio", "inf"], "--mlp-ratio inf is not a finite number"),
+    (["--mlp-ratio", "nan"], "--mlp-ratio nan is not a finite number"),
+    (["--weight-decay", "nan"], "--weight-decay nan is not a finite number"),
+    (["--lr", "inf"], "--lr inf is not a finite number"),
+    (["--time-budget", "nan"], "--time-budget nan is not a finite number"),
+    (["--mixup", "inf"], "--mixup inf is not a finite number"),
+    (["--regime", "imbalanced", "--imbalance-ratio", "nan"], "--imbalance-ratio nan is not a finite number"),
+    (["--randaug", "inf,9"], "--randaug 'inf,9' is not N,M or N,M,STD"),  # was an OverflowError traceback
+    (["--randaug", "2,9,inf"], "--randaug '2,9,inf' is not N,M or N,M,STD"),
+    # A seed whose derived seeds (seed * 1000003 + ...) overflow torch's: a traceback at the first epoch.
+    (["--seed", str(10 ** 15)], f"--seed {10 ** 15} is outside 0 to {2 ** 32 - 1}"),
+    (["--seed", "-1"], f"--seed -1 is outside 0 to {2 ** 32 - 1}"),
+    (["--mlp-ratio", "0.01"], "--mlp-ratio 0.01 gives the MLP of width 16 no hidden unit; allowed: at least 1/16"),
+    # Sizes torch cannot allocate: a RuntimeError traceback, or a message of C++ frames that said "does not fit
+    # this code".
+    (["--mlp-ratio", "1e300"], "the model's sizes are too large to build: empty(): argument 'size' failed"),
+    (["--dim", str(10 ** 12)], "the model's sizes are too large to build: "),
+])
+def test_numbers_no_range_check_refused_are_refused_in_one_line(extra, message, tmp_path, exits_2):
+    err = exits_2([*TINY, *extra, "--out", str(tmp_path / "x")])
+    assert message in err
+    assert not (tmp_path / "x").exists()
+
+
+def test_a_model_key_of_another_version_is_still_named_so():
+    # build_run_model tells torch's errors about sizes apart from a key that this code does not know.
+    cfg = dict(model=dict(arch="vit", depth=1, dim=16, heads=2, patch_size=4, binary=True),
+               data=dict(dataset="synthetic", synthetic_size=16), run=dict(seed=0))
+    with pytest.raises(ValueError, match="the model section of this config does not fit this code .*'binary'"):
+        evaluate.build_run_model(cfg)
+
+
+def test_the_largest_seed_allowed_trains(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(train, "finish_run", lambda *args: None)  # the epoch is what derives seeds from --seed
+    argv = [*TINY, "--epochs", "1", "--batch-size", "16", "--progress", "off", "--seed", str(2 ** 32 - 1)]
+    assert train.main([*argv, "--out", str(tmp_path / "run")]) == 0
+    assert '"epoch": 1' in (tmp_path / "run" / "metrics.jsonl").read_text()
