@@ -1,18 +1,21 @@
 """train.py's command line as a whole: --dry-run against a real run, the refusal of a bad command line before torch
-loads, and numbers no range check refused."""
+loads, and property tests over generated command lines (hypothesis) with the bugs they found."""
 import json
 import os
 import platform
 import subprocess
 import sys
+import tempfile
 
 import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
 
 import data
 import evaluate
 import options
 import train
-from helpers import ROOT
+from helpers import ROOT, write_cifar_folder
 
 # Each model as small as it gets: a generated --arch that changes the family is refused (--depth with a ResNet,
 # --stages with a ViT), so no example builds a full-size model.
@@ -205,3 +208,135 @@ def test_the_largest_seed_allowed_trains(tmp_path, monkeypatch, capsys):
     argv = [*TINY, "--epochs", "1", "--batch-size", "16", "--progress", "off", "--seed", str(2 ** 32 - 1)]
     assert train.main([*argv, "--out", str(tmp_path / "run")]) == 0
     assert '"epoch": 1' in (tmp_path / "run" / "metrics.jsonl").read_text()
+
+
+# ----------------------------------------------------------------------------- property tests (hypothesis)
+
+# Values for the generated flags: in range, out of range, of the wrong type, not finite. Sizes stay small (ints up
+# to 40, floats up to 100) or beyond 64 bits: a model or data set asked for is built, and one 10^9 wide would
+# take the machine's memory. The run section sizes nothing, so its flags also get seeds and counts up to 10^15.
+FLOATS = ["-1", "-0.5", "0", "-0.0", "1e-9", "0.1", "0.5", "0.99", "1", "1.5", "2", "3", "10", "100", "nan", "inf",
+          "-inf", "1e400", "1e300"]
+BEYOND_64_BITS = ["9223372036854775808", "-9223372036854775809", "100000000000000000000"]
+LARGE = ["4294967296", "1000000000000000", "9223372036854775807"]
+TEXTS = ["", "0", "1", "-1", "x", ",", "2,9", "2,9,0.5", "1,2,4", "2,2", "1,,2", "1,x", "0-4", "5-9", "0,2,4", "9-0",
+         "3-12", "0.5", "0.5,0.9", "contrast", "gaussian_noise,contrast", "fog", "cpu", "cuda", "auto", "imagenet",
+         "IMAGENET1K_V1", "run", "run/sub"]  # relative paths: each example runs in a folder of its own
+UNKNOWN = ["--no-such-flag", "--arc", "--epoch", "--dry", "--d", "-x", "--", "junk", "--lr=0.1", "--depth=-1"]
+EXAMPLES = int(os.environ.get("LAB_CLI_EXAMPLES", 120))  # LAB_CLI_EXAMPLES=2000: a deeper, randomised search
+SEARCH = dict(deadline=None, derandomize="LAB_CLI_EXAMPLES" not in os.environ, database=None,
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+PARSER = train.get_parser()
+RUN_FLAGS = set(PARSER.sections["run"])
+
+
+
+def not_json(constant):
+    """json.loads' hook for NaN and Infinity, which Python writes but JSON has not: config.json must be JSON."""
+    raise AssertionError(f"{constant} in a config")
+
+
+def assert_exit_0_or_one_line_2(code, out, err):
+    """The property: exit 0 with the resolved config on stdout, or exit 2 with one line `train.py: error: ...`."""
+    assert code in (0, 2), (code, err)
+    assert "Traceback" not in err
+    if code == 2:
+        assert len(err.strip().splitlines()) == 1 and err.startswith("train.py: error: "), err
+    else:
+        assert set(json.loads(out, parse_constant=not_json)) == {"model", "data", "optim", "run"}
+
+
+def numbers(action):
+    """Strategy for the number text of an int or float flag: small, special, beyond 64 bits, large (run section)."""
+    if action.type is float:  # mostly the listed ones: nan, inf and 0 are where range checks go wrong
+        return st.sampled_from(FLOATS) | st.sampled_from(FLOATS) | st.floats(-2, 100).map(repr)
+    return st.integers(-3, 40).map(str) | st.sampled_from(BEYOND_64_BITS + (LARGE if action.dest in RUN_FLAGS else []))
+
+
+def flag_values(action):
+    """Strategy for one flag of the parser and what follows it, from the flag's own choices and type: a good value
+    mostly, else a value of another kind, or none (the next flag, or the end of the line, comes instead)."""
+    flag = st.sampled_from(action.option_strings)
+    if action.nargs == 0:  # store_true
+        return flag.map(lambda f: [f])
+    if action.choices is not None:
+        good = st.sampled_from([str(c) for c in action.choices])
+    elif action.type in (int, float):
+        good = numbers(action)
+    else:  # text: names, paths, lists (--classes, --randaug, --dilations, --thresholds, --corruptions)
+        listed = st.lists(st.sampled_from(FLOATS) | st.integers(-1, 12).map(str), min_size=1, max_size=3)
+        good = st.sampled_from(TEXTS) | listed.map(",".join) | st.text(alphabet="0123456789,.-x", max_size=8)
+    wild = st.sampled_from(FLOATS + TEXTS)
+    value = st.sampled_from(["good"] * 6 + ["wild", "none"]).flatmap(
+        lambda kind: {"good": good, "wild": wild}[kind].map(lambda v: [v]) if kind != "none" else st.just([]))
+    return st.tuples(flag, value).map(lambda fv: [fv[0], *fv[1]])
+
+
+# Every flag of train.py (but --help), so a flag added later is generated too; and flags it has not.
+FRAGMENT = st.one_of(*[flag_values(a) for a in PARSER._actions if a.option_strings and a.dest != "help"],
+                     st.sampled_from(UNKNOWN).map(lambda u: [u]))
+
+
+@st.composite
+def command_lines(draw):
+    """A whole command line: a small model and data set (whose flags the rest may override), then up to 6 flags."""
+    arch, dataset = draw(st.sampled_from(options.ARCHS)), draw(st.sampled_from(options.DATASETS))
+    head = ["--arch", arch, *(RESNET_SMALL if arch in options.RESNET_PRESETS else VIT_SMALL), "--dataset", dataset]
+    head += SYNTHETIC_SMALL if dataset == "synthetic" else []
+    return head + [word for fragment in draw(st.lists(FRAGMENT, max_size=6)) for word in fragment]
+
+
+@pytest.fixture(scope="module")
+def cifar_dir(tmp_path_factory):
+    """Tiny CIFAR-10 and CIFAR-100 folders, so generated --dataset cifar10/cifar100 lines load real-format data."""
+    root = tmp_path_factory.mktemp("cifar")
+    write_cifar_folder(root, "cifar10", 6, 2)
+    write_cifar_folder(root, "cifar100", 6, 1)
+    return str(root)
+
+
+def in_folder_of_its_own(argv, capsys):
+    """run_main(argv) in a new empty working folder: (exit code, stdout, stderr, what it left there)."""
+    cwd = os.getcwd()
+    with tempfile.TemporaryDirectory() as here:
+        os.chdir(here)
+        try:
+            code, out, err = run_main(argv, capsys)
+            return code, out, err, tree(here)
+        finally:
+            os.chdir(cwd)
+
+
+@settings(max_examples=EXAMPLES, **SEARCH)
+@given(argv=command_lines())
+def test_every_command_line_starts_or_exits_2_in_one_line_writing_nothing(argv, cifar_dir, capsys):
+    base = ["--device", "cpu", "--no-download", "--data-dir", cifar_dir, "--out", "out", "--progress", "off",
+            "--dry-run"]  # first: a generated flag overrides these (--out relative: inside the example's folder)
+    cifar_before = tree(cifar_dir)
+    code, out, err, written = in_folder_of_its_own([*base, *argv], capsys)
+    event(f"exit {code}" + (f": {err.split(':')[2].strip()}" if code == 2 else ""))  # --hypothesis-show-statistics
+    assert_exit_0_or_one_line_2(code, out, err)
+    assert written == {} and tree(cifar_dir) == cifar_before  # refused or dry, nothing is written anywhere
+
+
+@settings(max_examples=max(EXAMPLES // 10, 10), **SEARCH)
+@given(argv=command_lines())
+def test_a_real_run_refuses_what_a_dry_run_refuses_and_trains_what_it_accepts(argv, cifar_dir, capsys, monkeypatch):
+    # At most one epoch and 0.2 s of steps, with no final evaluation (seconds of the test's time; training
+    # has started by then): a generated --stop-after-steps must not end this process (os._exit), so the kill points
+    # do nothing.
+    monkeypatch.setattr(train, "kill_points", lambda clock, run: None)
+    monkeypatch.setattr(train, "finish_run", lambda *args: None)
+    argv = ["--device", "cpu", "--no-download", "--data-dir", cifar_dir, "--out", "out", "--progress", "off", *argv,
+            "--epochs", "1", "--time-budget", "0.2"]
+    dry = in_folder_of_its_own(["--dry-run", *argv], capsys)  # first: a generated "--" makes what follows text
+    code, out, err, written = in_folder_of_its_own(argv, capsys)
+    event(f"dry exit {dry[0]}, real exit {code}")
+    if dry[0] == 2:
+        assert (code, err, written) == (2, dry[2], {})
+    else:
+        assert code in (0, 1) and "Traceback" not in err, err  # 1: a nan loss, the run failed (final.json says so)
+        configs = [text for path, text in written.items() if path.endswith("config.json")]
+        config = json.loads(configs[0] if configs else out)  # none written: a generated --dry-run printed it
+        config["run"]["dry_run"] = True
+        assert {s: config[s] for s in train.SECTIONS} == json.loads(dry[1])
