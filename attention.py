@@ -18,49 +18,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+# The kinds and the options table are in options.py, which imports no torch: train.py builds its command line
+# from them before torch loads.
+from options import ATTENTION_OPTIONS, ATTENTIONS, WINDOWED, option_flag
+
 try:
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 except ImportError:  # older torch: only the portable SDPA path
     create_block_mask = flex_attention = None
-
-ATTENTIONS = ["full", "local", "dilated", "hybrid", "linformer", "performer", "nystrom", "lsa"]
-WINDOWED = {"local", "dilated", "hybrid"}  # kinds made of grid masks, run by flex_attention on CUDA
-LINFORMER_SHARING = ["none", "heads", "kv", "layers"]
-
-# Every option of the attention kinds, the one home of its default: the kinds it applies to, its type (`choices`
-# instead for names), the lowest value allowed, its short name in run names and labels (a `main` option is always
-# shown there, the others only when they differ from the default; `tag`, where given, is how a run name writes
-# such an other option, else -<short><value>) and its help. train.py's flags, its run-name tag and analyze.py's
-# labels are all made from this table.
-ATTENTION_OPTIONS = {
-    "radius": dict(default=1, kinds=WINDOWED, type=int, low=0, short="r", main=True,
-                   help="window radius on the patch grid, in (dilated) steps"),
-    "window_shape": dict(default="square", kinds=WINDOWED, choices=["square", "circle"], short="", main=False,
-                         tag="c", help="Chebyshev (square) or Euclidean (circle) radius"),
-    "dilation": dict(default=2, kinds={"dilated"}, type=int, low=1, short="d", main=True,
-                     help="grid step between attended patches"),
-    "dilations": dict(default=[1, 2, 4], kinds={"hybrid"}, type=str, short="d", main=True,
-                      help="comma-separated dilations of the parallel window branches"),
-    "linformer_k": dict(default=64, kinds={"linformer"}, type=int, low=1, short="k", main=True,
-                        help="projected sequence length"),
-    "linformer_share": dict(default="heads", kinds={"linformer"}, choices=LINFORMER_SHARING, short="share",
-                            main=False, tag="{}", help="none (a projection per head), heads (one per layer), "
-                                                       "kv (keys and values share it), layers (one for the network)"),
-    "performer_features": dict(default=None, kinds={"performer"}, type=int, low=1, short="m", main=True,
-                               help="random features (None: d ln d, d = head width)"),
-    "redraw_interval": dict(default=1000, kinds={"performer"}, type=int, low=0, short="rd", main=False,
-                            help="redraw the features every this many training steps, 0 never"),
-    "landmarks": dict(default=16, kinds={"nystrom"}, type=int, low=1, short="m", main=True, help="landmarks"),
-    "pinv_iters": dict(default=6, kinds={"nystrom"}, type=int, low=1, short="pi", main=False,
-                       help="pseudo-inverse iterations"),
-    "nystrom_conv": dict(default=33, kinds={"nystrom"}, type=int, low=0, short="conv", main=False,
-                         help="kernel of the depthwise conv residual on values, odd, 0 = off"),
-}
-
-
-def option_flag(name):
-    """The command-line flag of a config key: linformer_k -> --linformer-k."""
-    return "--" + name.replace("_", "-")
 
 
 def attention_options(kind, given, head_dim):

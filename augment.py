@@ -44,22 +44,7 @@ SIGNED = {"Rotate", "Color", "Contrast", "Brightness", "Sharpness", "ShearX", "S
 GEOMETRIC = {"Rotate", "ShearX", "ShearY", "TranslateX", "TranslateY"}
 OP_ID = {name: i for i, name in enumerate(RANDAUG_OPS)}
 
-# --recipe presets (train.with_recipe fills them in; a flag given overrides its value). AugReg (Steiner et al. 2021,
-# big_vision's augreg configs): RandAugment (2 layers, magnitude m) and mixup alpha per level, with the regularised
-# arm of AugReg's grid (dropout and stochastic depth 0.1; ViTs only) and weight decay 0.1 (AdamW only: AugReg's is an
-# Adam weight decay), no label smoothing (AugReg has none); `none` is AugReg's no-augmentation, no-regularisation
-# corner (crop and flip stay, as AugReg's inception crop and flip do).
-AUGREG = {"none": (None, 0.0), "light1": (0, 0.0), "light2": (10, 0.2), "medium1": (15, 0.2), "medium2": (15, 0.5),
-          "strong1": (20, 0.5), "strong2": (20, 0.8)}  # level: (RandAugment magnitude or None, mixup alpha)
-RECIPES = {name: dict(randaug=None if m is None else [2, float(m), 0.0], mixup=alpha, dropout=0.1 * (m is not None),
-                      drop_path=0.1 * (m is not None), weight_decay=0.1, label_smoothing=0.0)
-           for name, (m, alpha) in AUGREG.items()}
-# DeiT's recipe (facebookresearch/deit main.py defaults): AdamW at 5e-4 per 512 images of batch, weight decay 0.05,
-# rand-m9-mstd0.5-inc1, mixup 0.8 / cutmix 1.0 switched at 0.5, random erasing 0.25, repeated augmentation 3,
-# stochastic depth 0.1, label smoothing 0.1, model EMA 0.99996 and no gradient clipping.
-RECIPES["deit"] = dict(opt="adamw", lr_per_512=5e-4, weight_decay=0.05, randaug=[2, 9.0, 0.5], mixup=0.8, cutmix=1.0,
-                       mix_prob=1.0, switch_prob=0.5, random_erasing=0.25, repeated_aug=3, dropout=0.0, drop_path=0.1,
-                       label_smoothing=0.1, ema=0.99996, grad_clip=0.0)
+# The --recipe presets (RECIPES) are in options.py, which imports no torch.
 RECIPE_KEYS = ("randaug", "mixup", "cutmix", "mix_prob", "switch_prob", "random_erasing")  # recipe_batch's
 
 

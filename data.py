@@ -13,8 +13,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-DATASETS = ["cifar10", "cifar100", "synthetic"]
-REGIMES = ["standard", "sparse", "many-classes", "imbalanced", "corrupted"]
+# The names and defaults that the command line offers are in options.py, which imports no torch: train.py builds
+# its command line from them before torch loads. REGIMES is not used here; it stays importable from data.
+from options import (DATA_DEFAULTS, DATASETS, REGIME_OPTIONS, REGIMES, SPARSE_FRACTION,  # noqa: F401
+                     SYNTHETIC_OPTIONS, TRAIN_CORRUPTION_OPTIONS)
 
 CIFAR = {  # folder inside --data-dir, official archive, its md5, pickle files, label key
     "cifar10": dict(folder="cifar-10-batches-py",
@@ -249,15 +251,6 @@ def regime_indices(labels, num_classes, seed, regime="standard", fraction=None, 
     return torch.cat([p[:k] for p, k in zip(perms, keep)]).sort().values
 
 
-# The data options that apply only under a condition, with their defaults; a data section holds only what applies.
-REGIME_OPTIONS = {"sparse": dict(fraction=None, per_class=None), "corrupted": dict(corruptions=None),  # None: all
-                  "imbalanced": dict(imbalance_ratio=100.0, imbalance_profile="exp")}
-SYNTHETIC_OPTIONS = dict(synthetic_per_class=500, synthetic_size=32)
-TRAIN_CORRUPTION_OPTIONS = dict(train_severity=3, train_corruption_fraction=0.5)
-DATA_DEFAULTS = dict(regime="standard", val_fraction=0.1)
-SPARSE_FRACTION = 0.1  # sparse without --fraction or --per-class
-
-
 def data_config(given):
     """The data section of a run's config from the options given (None: not given): defaults filled in, only the
     options that apply kept; DataError naming the flag for one that does not apply or is out of range."""
@@ -417,9 +410,6 @@ def augment(images, shifts, flips, pad=4):
     batch = torch.arange(n, device=dev)[:, None, None, None]
     chan = torch.arange(c, device=dev)[None, :, None, None]
     return padded[batch, chan, rows[:, None, :, None], cols[:, None, None, :]]
-
-
-RESIZE_MODES = ["bilinear", "bicubic"]
 
 
 def normalize(images, mean, std, size=None, mode="bilinear"):

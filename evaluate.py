@@ -7,7 +7,6 @@ share.
 
 Imports run one way: model, attention and data <- evaluate <- train.
 """
-import argparse
 import errno
 import functools
 import json
@@ -31,30 +30,16 @@ from torchvision.transforms import v2
 
 from attention import (ATTENTIONS, WINDOWED, Attention, attention_options, flex_attention, flex_block_mask,
                        local_attention_mask)
-from augment import RECIPE_KEYS, RECIPES, recipe_batch, recipe_draws
+from augment import RECIPE_KEYS, recipe_batch, recipe_draws
 from data import (augment, build_data, channel_stats, class_list_text, corrupt, dataset_shape, epoch_plan,
                   load_dataset, normalize, rank_batches)
-from model import (ARCHS, RESNET_PRESETS, VIT_DEFAULTS, VIT_PRESETS, ViT, build_model, count_params, imagenet_state,
-                   transfer_state)
+from model import RESNET_PRESETS, ViT, build_model, count_params, imagenet_state, transfer_state
+from options import ARCHS, RECIPES, SECTIONS, VIT_DEFAULTS, VIT_PRESETS, Parser, fail
 
 SOFTMAX_KINDS = WINDOWED | {"full", "lsa"}  # kinds with explicit attention weights, for attention_distance
-SECTIONS = ("model", "data", "optim", "run")  # a run's config.json: these, then what the run recorded
 
 
 # ----------------------------------------------------------------------------- the command line and run folders
-
-def fail(message, prog):
-    """Print one error line and exit with code 2 (bad input: nothing was trained or overwritten)."""
-    print(f"{prog}: error: {message}", file=sys.stderr)
-    sys.exit(2)
-
-
-class Parser(argparse.ArgumentParser):
-    """argparse that reports a bad command line in one line with exit code 2, as every other bad input."""
-
-    def error(self, message):
-        fail(message, self.prog)
-
 
 PAUSE_AT = os.environ.get("LAB_PAUSE_AT")  # the tests' hook: see pause_point
 PAUSES = {}
@@ -304,8 +289,14 @@ def build_run_model(cfg, backend="sdpa"):
     torch.manual_seed(cfg["run"]["seed"])
     try:
         return build_model(**cfg["model"], num_classes=classes, image_size=image_size, backend=backend)
-    except TypeError as e:  # a key of another version of this code
-        raise ValueError(f"the model section of this config does not fit this code ({e})")
+    except TypeError as e:
+        if "keyword argument" in str(e) or "positional argument" in str(e):  # a key of another version of this code
+            raise ValueError(f"the model section of this config does not fit this code ({e})")
+        why = str(e)  # torch's: a tensor size beyond its 64-bit integers
+    except (RuntimeError, MemoryError) as e:  # torch's allocator, or a tensor whose byte count overflows
+        why = str(e) or type(e).__name__
+    # torch's message can run over several lines (C++ frames): its first line says why
+    raise ValueError(f"the model's sizes are too large to build: {why.splitlines()[0]}")
 
 
 def source_state(path, device="cpu"):

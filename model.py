@@ -10,32 +10,11 @@ import torch.nn.functional as F
 import torchvision
 
 from attention import ATTENTION_OPTIONS, Attention, attention_options, option_flag
+# The presets are in options.py, which imports no torch: train.py builds its command line from them first.
+from options import ARCHS, DEFAULT_WEIGHTS, RESNET_PRESETS, VIT_DEFAULTS, VIT_PRESETS
 
-# ViT presets for 32 px inputs. Shallow presets keep the default's width and cut its depth.
-VIT_PRESETS = {
-    "vit": dict(depth=6, dim=256, heads=8, mlp_ratio=2.0, patch_size=4),
-    "vit-tiny": dict(depth=12, dim=192, heads=3, mlp_ratio=4.0, patch_size=4),
-    "vit-small": dict(depth=12, dim=384, heads=6, mlp_ratio=4.0, patch_size=4),
-    "vit-11m": dict(depth=6, dim=384, heads=6, mlp_ratio=4.0, patch_size=4),  # ResNet-18's parameter count
-    "vit-shallow": dict(depth=2, dim=256, heads=8, mlp_ratio=2.0, patch_size=4),
-    "vit-shallow1": dict(depth=1, dim=256, heads=8, mlp_ratio=2.0, patch_size=4),
-    # torchvision's vit_b_16 / vit_b_32 / vit_l_16 sizes, for its ImageNet weights (LayerNorm eps as its own).
-    "vit-b16": dict(depth=12, dim=768, heads=12, mlp_ratio=4.0, patch_size=16, norm_eps=1e-6),
-    "vit-b32": dict(depth=12, dim=768, heads=12, mlp_ratio=4.0, patch_size=32, norm_eps=1e-6),
-    "vit-l16": dict(depth=24, dim=1024, heads=16, mlp_ratio=4.0, patch_size=16, norm_eps=1e-6),
-}
+# The presets torchvision has ImageNet weights for, by its model names.
 TORCHVISION_VITS = {"vit-b16": "vit_b_16", "vit-b32": "vit_b_32", "vit-l16": "vit_l_16"}
-# ResNets: torchvision's, with `stages` residual stages kept (4 is the full network).
-RESNET_PRESETS = {
-    "resnet18": dict(base="resnet18", stages=4),
-    "resnet34": dict(base="resnet34", stages=4),
-    "resnet50": dict(base="resnet50", stages=4),
-    "resnet18-shallow": dict(base="resnet18", stages=2),
-    "resnet18-shallow3": dict(base="resnet18", stages=3),
-}
-ARCHS = list(VIT_PRESETS) + list(RESNET_PRESETS)
-# The ViT options every preset shares (its sizes are the preset's): the one home of their defaults.
-VIT_DEFAULTS = dict(pool="cls", spt=False, dropout=0.0, drop_path=0.1, attention="full")
 
 
 class DropPath(nn.Module):
@@ -189,7 +168,6 @@ def resnet(base, num_classes, image_size=32, stages=4, imagenet_stem=False):
 # What a model starts from (absent: random weights) and how much of it is kept: a run's model section holds
 # these only when given. build_model makes the architecture; the weights are loaded by transfer_state.
 TRANSFER_KEYS = ("init", "pretrained", "weights", "weights_file", "truncate")
-DEFAULT_WEIGHTS = "IMAGENET1K_V1"
 
 
 def torchvision_name(arch):
@@ -255,6 +233,9 @@ def model_config(given):
             raise ValueError(f"{flag} {value} is outside [0, 1)")
     if model["mlp_ratio"] <= 0:
         raise ValueError(f"--mlp-ratio {model['mlp_ratio']} must be positive")
+    if int(model["dim"] * model["mlp_ratio"]) < 1:  # Block's hidden width: an MLP of no unit is no MLP
+        raise ValueError(f"--mlp-ratio {model['mlp_ratio']:g} gives the MLP of width {model['dim']} no hidden unit; "
+                         f"allowed: at least 1/{model['dim']}")
     chosen = {k: v for k, v in given.items() if k in ATTENTION_OPTIONS}
     # Heads that do not divide the width give no head width: Attention refuses them when the model is built.
     head_dim = model["dim"] // model["heads"] if model["dim"] % model["heads"] == 0 else None

@@ -8,28 +8,17 @@ checkpoint.pt (after every epoch, for --resume), final.json (written last: the r
 """
 import argparse
 import copy
+import json
 import math
 import os
 import sys
 import tempfile
 import time
 
-import torch
-import torch.distributed as dist
-import torch.nn.functional as F
-from tqdm import tqdm
-
-from attention import ATTENTION_OPTIONS, ATTENTIONS, option_flag, shown_options
-from augment import RECIPE_KEYS, RECIPES, recipe_batch, recipe_draws
-from data import (CORRUPTIONS, DATA_DEFAULTS, DATASETS, REGIME_OPTIONS, REGIMES, RESIZE_MODES, SPARSE_FRACTION,
-                  SYNTHETIC_OPTIONS, TRAIN_CORRUPTION_OPTIONS, augment, class_list_text, data_config, epoch_plan,
-                  normalize, rank_batches, resize)
-from evaluate import (SECTIONS, Parser, RunFolderError, attention_backend, autocast, build_run_data, build_run_model,
-                      count_flops, device_layout, device_name, ema_pairs, ema_update, evaluate_split, fail,
-                      final_metrics, git_commit, load_checkpoint, load_teacher, lock_run_folder, make_device, mfu,
-                      os_error, pause_point, peak_tflops, read_config, read_json, save_checkpoint, start_weights,
-                      test_metrics, unlock_run_folder, versions, write_json, write_jsonl)
-from model import ARCHS, DEFAULT_WEIGHTS, RESNET_PRESETS, VIT_DEFAULTS, count_params, model_config
+# The command line is made from options.py alone, which imports no torch: see the check after recipe_flags.
+from options import (ARCHS, ATTENTION_OPTIONS, ATTENTIONS, CORRUPTION_NAMES, DATA_DEFAULTS, DATASETS, DEFAULT_WEIGHTS,
+                     RECIPES, REGIME_OPTIONS, REGIMES, RESIZE_MODES, SECTIONS, SPARSE_FRACTION, SYNTHETIC_OPTIONS,
+                     TRAIN_CORRUPTION_OPTIONS, VIT_DEFAULTS, Parser, option_flag)
 
 # Each optimiser's defaults; ResNets train with sgd and ViTs with adamw unless --opt says otherwise.
 OPTIMIZERS = {"adamw": dict(lr=1e-3, weight_decay=0.05), "sgd": dict(lr=0.1, weight_decay=5e-4, momentum=0.9)}
@@ -85,7 +74,7 @@ def model_flags(group):
     a("--weights-file", metavar="PATH", help="--pretrained: load this local file instead of the torch hub cache")
     a("--truncate", type=int, metavar="K", help="keep the first K blocks (ViT) or residual stages (ResNet) of the "
                                                 "starting model, with a fresh head")
-    a = group("model", "ViT attention (each option only with the kinds named; defaults in attention.py)")
+    a = group("model", "ViT attention (each option only with the kinds named; defaults in options.py)")
     a("--attention", choices=ATTENTIONS, metavar="KIND", help=f"{', '.join(ATTENTIONS)} (default full)")
     for name, o in ATTENTION_OPTIONS.items():
         a(option_flag(name), type=o.get("type"), choices=o.get("choices"),
@@ -117,7 +106,7 @@ def data_flags(group):
       help=f"imbalanced: largest / smallest class (>= 1, default {REGIME_OPTIONS['imbalanced']['imbalance_ratio']:g})")
     a("--imbalance-profile", choices=["exp", "step"], help="imbalanced: exp (default) or step")
     a("--corruptions", help="corrupted: comma-separated corruptions evaluated at severities 1-5 (default: all)")
-    a("--train-corruption", choices=list(CORRUPTIONS), metavar="NAME",
+    a("--train-corruption", choices=CORRUPTION_NAMES, metavar="NAME",
       help="also corrupt a share of the training images with this corruption")
     a("--train-severity", type=int, choices=[1, 2, 3, 4, 5],
       help=f"severity for --train-corruption (default {TRAIN_CORRUPTION_OPTIONS['train_severity']})")
@@ -162,6 +151,9 @@ def run_flags(a):
                     "-<dataset>-s<seed>)")
     a("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     a("--overwrite", action="store_true", help="replace a run already in --out")
+    a("--dry-run", action="store_true", help="make every check a run makes (config, model, data, starting weights, "
+                                             "teacher, run folder), print the config and stop: nothing trained or "
+                                             "written")
     a("--thresholds", default="0.3,0.4,0.5,0.6,0.7,0.8,0.9", help="val accuracies for epochs_to/seconds_to")
     a("--progress", default="auto", choices=["auto", "on", "off"], help="tqdm bar on rank 0 (auto: on a terminal)")
     a("--stop-after-steps", type=int, help="stop abruptly after this many optimizer steps, as if killed (tests)")
@@ -197,10 +189,35 @@ def recipe_flags(a):
     a("--distill-tau", type=float, help=f"--distill soft: temperature (default {DISTILL_DEFAULTS['distill_tau']})")
 
 
+if __name__ == "__main__":
+    # A bad command line (a mistyped flag, an unknown name, a value of the wrong type) is refused here, before torch
+    # and the modules that import it load: they take seconds (tens on a busy machine), this takes milliseconds.
+    # This is the real parser, not a copy: every list it offers lives in options.py, which imports no torch, and
+    # model.py, attention.py, data.py and augment.py import them from there. main() parses again, to use the values.
+    get_parser().parse_args()
+
+import torch  # noqa: E402  (the imports below load torch: after the check above)
+import torch.distributed as dist  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from attention import shown_options  # noqa: E402
+from augment import RECIPE_KEYS, recipe_batch, recipe_draws  # noqa: E402
+from data import (augment, class_list_text, data_config, epoch_plan, normalize, rank_batches,  # noqa: E402
+                  resize)
+from evaluate import (RunFolderError, attention_backend, autocast, build_run_data, build_run_model,  # noqa: E402
+                      count_flops, device_layout, device_name, ema_pairs, ema_update, evaluate_split, fail,
+                      final_metrics, git_commit, load_checkpoint, load_teacher, lock_run_folder, make_device, mfu,
+                      os_error, pause_point, peak_tflops, read_config, read_json, save_checkpoint, start_weights,
+                      test_metrics, unlock_run_folder, versions, write_json, write_jsonl)
+from model import RESNET_PRESETS, count_params, model_config  # noqa: E402
+
+
 def resolve_config(args, sections, world=1):
     """The run's config, resolved once from the command line and never changed afterwards: a model, a data, an
     optim and a run section, each holding only what applies; ValueError naming the flag for a bad value."""
     given = {s: {k: getattr(args, k) for k in keys} for s, keys in sections.items()}
+    check_numbers(given)
     if given["optim"]["recipe"]:
         given = with_recipe(given)
     if given["optim"]["distill"] == "token":  # the distillation token is part of the model
@@ -223,8 +240,20 @@ def resolve_config(args, sections, world=1):
         raise ValueError(f"--thresholds {given['run']['thresholds']} must be accuracies in (0, 1]")
     if run["peak_tflops"] is not None and not run["peak_tflops"] > 0:
         raise ValueError(f"--peak-tflops {run['peak_tflops']} must be a positive number of TFLOP/s")
+    if not 0 <= run["seed"] < 2 ** 32:  # NumPy's seeds; seed * 1000003 + epoch * 101 (train_one_epoch) stays int64
+        raise ValueError(f"--seed {run['seed']} is outside 0 to {2 ** 32 - 1}")
     run["out"] = run["out"] or default_out(model, data, optim, run["seed"])
     return dict(model=model, data=data, optim=optim, run=run)
+
+
+def check_numbers(given):
+    """ValueError naming the flag of a number that no range check written as a comparison refuses: nan (every
+    comparison with it is false), inf, and an integer beyond the 64 bits that torch and NumPy count with."""
+    for key, value in ((k, v) for section in given.values() for k, v in section.items()):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"{option_flag(key)} {value} is not a finite number")
+        if isinstance(value, int) and not -2 ** 63 <= value < 2 ** 63:
+            raise ValueError(f"{option_flag(key)} {value} is beyond the 64-bit integers (at most {2 ** 63 - 1})")
 
 
 def with_recipe(given):
@@ -258,7 +287,7 @@ def parse_randaug(text):
     """'2,9' or '2,9,0.5' -> [N, M, STD] (STD 0 when not given); ValueError naming the text."""
     try:
         values = [float(v) for v in text.split(",")]
-        assert len(values) in (2, 3) and values[0] == int(values[0])
+        assert len(values) in (2, 3) and all(map(math.isfinite, values)) and values[0] == int(values[0])
     except (ValueError, AssertionError):
         raise ValueError(f"--randaug '{text}' is not N,M or N,M,STD (e.g. 2,9 or 2,9,0.5)")
     return [int(values[0]), values[1], values[2] if len(values) == 3 else 0.0]
@@ -946,6 +975,17 @@ def fail_run(cfg, clock, error, rank):
     return 1
 
 
+def dry_run(cfg, rank):
+    """--dry-run, after every other check of a run: the run folder's lock taken and given back where the folder
+    exists (one not made yet holds none), then the resolved config on stdout; exit code 0, nothing left written."""
+    if rank == 0 and os.path.isdir(cfg["run"]["out"]):  # the lock's check is the lock's own code: take, give back
+        lock_run_folder(cfg["run"]["out"])
+        unlock_run_folder(cfg["run"]["out"])
+    if rank == 0:
+        print(json.dumps(cfg, indent=1), flush=True)
+    return 0
+
+
 def main(argv=None):
     """Parse, check, train, evaluate and write the run folder."""
     parser = get_parser()
@@ -972,6 +1012,8 @@ def main(argv=None):
         if cfg["run"]["resume"]:
             start, history = resume(cfg, net, device, clock)
         clock["saved_epoch"] = start  # the epoch of the checkpoint in the run folder: what fail_run says is kept
+        if cfg["run"]["dry_run"]:
+            return dry_run(cfg, rank)
         if rank == 0:  # the last check: a second process on this run folder stops here, before it writes anything
             lock_run_folder(cfg["run"]["out"])
     except ValueError as e:
