@@ -1,14 +1,12 @@
 """analyze.py and analyze_groups.py on run folders with known numbers: grouping, statistics, findings, sections."""
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 
 import analyze
 import analyze_groups
-from helpers import ROOT, fake_run, row_of
+from helpers import fake_run, row_of
 
 
 def test_seeds_are_aggregated_and_findings_state_the_measured_gap(tmp_path):
@@ -231,13 +229,15 @@ def test_training_speed_section_tables_each_bench_train_row_and_the_ratio_to_tim
     assert (tmp_path / "plots" / "train_speed.png").stat().st_size > 0
 
 
-def test_cli_help_and_bad_folder():
-    analyze_py = lambda *args: subprocess.run([sys.executable, os.path.join(ROOT, "analyze.py"), *args],
-                                              capture_output=True, text=True)
-    help_text = analyze_py("--help")
-    assert help_text.returncode == 0 and "Runs whose configs differ only by seed form one group" in help_text.stdout
-    bad = analyze_py("/nonexistent")
-    assert bad.returncode == 2 and bad.stderr.strip() == "analyze.py: error: /nonexistent is not a folder"
+def test_cli_help_and_bad_folder(capsys):
+    # In this process: a subprocess would spend seconds importing torch for two lines of output.
+    for argv, code in ((["--help"], 0), (["/nonexistent"], 2)):
+        with pytest.raises(SystemExit) as e:
+            analyze.main(argv)
+        assert e.value.code == code
+    out, err = capsys.readouterr()
+    assert "Runs whose configs differ only by seed form one group" in out
+    assert err.strip() == "analyze.py: error: /nonexistent is not a folder"
 
 
 def test_flat_configs_of_older_runs_join_the_groups_of_their_setting(tmp_path):
