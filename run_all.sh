@@ -18,7 +18,7 @@ usage: bash run_all.sh [--profile full|quick|cpu] [--seeds 0,1,2] [--gpus N] [--
                        [--runs DIR] [--data-dir DIR] [--time-budget SECONDS] [--jobs N] [--devices LIST]
 
   --profile full    the real study, meant for a GPU (the default where torch sees one): 200 epochs, 3 seeds
-  --profile cpu     a first answer on 2 CPU cores in about 30 minutes (the default without a GPU): data
+  --profile cpu     a first answer on 2 CPU cores in about 40 minutes (the default without a GPU): data
                     efficiency on real CIFAR-10 (25, 50, 100 images per class), small ViT and ResNet, 25 epochs,
                     3 seeds; needs DATA_DIR/cifar-10-batches-py
   --profile quick   the same grid shrunk (tiny models, 3 epochs, 50 images per class, 1 seed) to finish on a
@@ -100,7 +100,7 @@ fi
 $data_dir/cifar-10-batches-py (see Data in README.md), or choose --profile quick (synthetic data without it) or full"
 [ -z "$seeds" ] && { [ "$profile" = quick ] && seeds=0 || seeds=0,1,2; }
 seeds=$(for s in ${seeds//,/ }; do echo $((10#$s)); done | awk '!seen[$0]++' | paste -sd,)  # 00 is seed 0, once
-[ "$profile" = cpu ] && only=${only:-data-efficiency}  # what fits 30 minutes (see the cpu settings below)
+[ "$profile" = cpu ] && only=${only:-data-efficiency}  # what fits 40 minutes (see the cpu settings below)
 only=${only:-${EXPERIMENTS// /,}}
 wants() { [[ ",$only," == *",$1,"* ]]; }
 runs=${runs:-runs/$profile}
@@ -164,7 +164,7 @@ else  # quick, and cpu: quick's grid with the sizes below
                      [resnet18-shallow]="--stages 1")
 fi
 if [ "$profile" = cpu ]; then
-    # Data efficiency on real CIFAR-10 in about 30 minutes of 2 idle cores: pools of 25, 50 and 100 images per class
+    # Data efficiency on real CIFAR-10 in about 40 minutes of 2 idle cores: pools of 25, 50 and 100 images per class
     # (sparse 25% and 50% of a 100-image pool, and the pool itself), 25 epochs, 3 seeds, batch 32 (a 250-image set
     # still gets 7 steps an epoch), 200 validation and 1,000 test images. Measured with one thread per run
     # (OMP_NUM_THREADS=1, 2026-12-07: other jobs shared the 2 cores, and one thread gave steady numbers):
@@ -178,7 +178,9 @@ if [ "$profile" = cpu ]; then
     # thread beside other jobs (load 4-5) took 17% (ViT) and 28% (ResNet, 10 epochs) longer. At 20 images per
     # class and 20 epochs the ResNet reached 31.0 and 35.3% (seeds 0, 1), the ViT 26.7, 26.2 and 22.5% (seeds
     # 0-2): 8 points apart, beyond the two stds added (3.0 + 2.3); at 25 per class (seed 0) the ViT reached 28.0%
-    # in its 25 epochs, the ResNet 32.0% in 10.
+    # in its 25 epochs, the ResNet 32.0% in 10. The whole profile, run on 2 idle cores (2026-12-07), took 41 minutes,
+    # not the 26-32 predicted: two threads ran the ResNet only about 1.5x faster than one. Its report: ResNet 35.1 +-
+    # 0.6, 41.2 +- 0.6, 50.1 +- 0.7% at 25, 50, 100 images per class, the ViT 26.3 +- 1.7, 32.3 +- 3.2, 35.1 +- 1.3%.
     common=(--epochs 25 --data-dir "$data_dir" --max-per-class 100 --val-fraction 0.004 --test-per-class 100
             --batch-size 32)
     fractions="0.25 0.5"
