@@ -34,7 +34,7 @@ from augment import RECIPE_KEYS, recipe_batch, recipe_draws
 from data import (augment, build_data, channel_stats, class_list_text, corrupt, dataset_shape, epoch_plan,
                   load_dataset, normalize, rank_batches)
 from model import RESNET_PRESETS, ViT, build_model, count_params, imagenet_state, transfer_state
-from options import ARCHS, RECIPES, SECTIONS, VIT_DEFAULTS, VIT_PRESETS, Parser, fail
+from options import ARCHS, OPTIM_DEFAULTS, OPTIMIZERS, RECIPES, SECTIONS, VIT_DEFAULTS, VIT_PRESETS, Parser, fail
 
 SOFTMAX_KINDS = WINDOWED | {"full", "lsa"}  # kinds with explicit attention weights, for attention_distance
 
@@ -966,9 +966,9 @@ def train_step_parts(model, arch, a, device):
     flips, mean, std = flips.to(device), torch.full((3,), 0.5, device=device), torch.full((3,), 0.25, device=device)
     amp = device.type == "cuda" and not a.no_amp
     if arch in RESNET_PRESETS:  # train.py's optimiser defaults per family
-        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4, fused=True)
+        opt = torch.optim.SGD(model.parameters(), **OPTIMIZERS["sgd"], nesterov=True, fused=True)
     else:
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05, fused=True)
+        opt = torch.optim.AdamW(model.parameters(), **OPTIMIZERS["adamw"], fused=True)
     state = {}
 
     def data(i):
@@ -979,12 +979,13 @@ def train_step_parts(model, arch, a, device):
     def forward(i):
         with autocast(device, amp):
             out = model(state["images"])
-        state["loss"] = F.cross_entropy(out.float(), state["targets"], label_smoothing=0.1)
+        state["loss"] = F.cross_entropy(out.float(), state["targets"],
+                                        label_smoothing=OPTIM_DEFAULTS["label_smoothing"])
 
     def backward(i):
         opt.zero_grad(set_to_none=True)
         state["loss"].backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), OPTIM_DEFAULTS["grad_clip"])
 
     def optimizer(i):
         opt.step()

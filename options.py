@@ -115,6 +115,13 @@ CORRUPTION_NAMES = ["gaussian_noise", "shot_noise", "impulse_noise", "speckle_no
                     "contrast", "brightness", "saturate", "pixelate", "jpeg_compression"]
 
 
+# ----------------------------------------------------------------------------- optimisation (train.py, bench-train)
+
+# Each optimiser's defaults; ResNets train with sgd and ViTs with adamw unless --opt says otherwise.
+OPTIMIZERS = {"adamw": dict(lr=1e-3, weight_decay=0.05), "sgd": dict(lr=0.1, weight_decay=5e-4, momentum=0.9)}
+OPTIM_DEFAULTS = dict(label_smoothing=0.1, grad_clip=1.0)
+
+
 # ----------------------------------------------------------------------------- recipes (augment.py, train.py)
 
 # --recipe presets (train.with_recipe fills them in; a flag given overrides its value). AugReg (Steiner et al. 2021,

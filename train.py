@@ -17,16 +17,13 @@ import time
 
 # The command line is made from options.py alone, which imports no torch: see the check after recipe_flags.
 from options import (ARCHS, ATTENTION_OPTIONS, ATTENTIONS, CORRUPTION_NAMES, DATA_DEFAULTS, DATASETS, DEFAULT_WEIGHTS,
-                     RECIPES, REGIME_OPTIONS, REGIMES, RESIZE_MODES, SECTIONS, SPARSE_FRACTION, SYNTHETIC_OPTIONS,
-                     TRAIN_CORRUPTION_OPTIONS, VIT_DEFAULTS, Parser, option_flag)
+                     OPTIM_DEFAULTS, OPTIMIZERS, RECIPES, REGIME_OPTIONS, REGIMES, RESIZE_MODES, SECTIONS,
+                     SPARSE_FRACTION, SYNTHETIC_OPTIONS, TRAIN_CORRUPTION_OPTIONS, VIT_DEFAULTS, Parser, option_flag)
 
-# Each optimiser's defaults; ResNets train with sgd and ViTs with adamw unless --opt says otherwise.
-OPTIMIZERS = {"adamw": dict(lr=1e-3, weight_decay=0.05), "sgd": dict(lr=0.1, weight_decay=5e-4, momentum=0.9)}
 # Fine-tuning (--init or --pretrained) defaults, after AugReg's transfer recipe: SGD with momentum for both
 # families, a small lr, no weight decay, a short warm-up (at most 1 epoch); --opt adamw gets a small lr too.
 FINETUNE = {"adamw": dict(lr=1e-4, weight_decay=0.0), "sgd": dict(lr=0.01, weight_decay=0.0, momentum=0.9)}
 FINETUNE_WARMUP_EPOCHS = 1.0
-OPTIM_DEFAULTS = dict(label_smoothing=0.1, grad_clip=1.0)
 
 MIX_DEFAULTS = dict(mix_prob=1.0, switch_prob=0.5)  # DeiT's
 DISTILL_DEFAULTS = dict(distill_alpha=0.5, distill_tau=1.0)  # DeiT's code; its paper's soft runs use 0.1 and 3.0
