@@ -7,6 +7,7 @@ share.
 
 Imports run one way: model, attention and data <- evaluate <- train.
 """
+import contextlib
 import errno
 import functools
 import json
@@ -474,10 +475,29 @@ def threshold_crossings(history, thresholds):
     return epochs_to, seconds_to
 
 
+@contextlib.contextmanager
+def model_kept(model):
+    """For a throwaway forward and backward (counting FLOPs, compiling): afterwards the model's buffers (BatchNorm
+    statistics) are as they were and its gradients are dropped."""
+    buffers = [b.clone() for b in model.buffers()]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for b, saved in zip(model.buffers(), buffers):
+                b.copy_(saved)
+        model.zero_grad(set_to_none=True)
+
+
+def outputs_sum(outputs):
+    """The float32 sum of a model's outputs (both heads' with a distillation token): a throwaway loss."""
+    return sum(o.float().sum() for o in (outputs if isinstance(outputs, tuple) else (outputs,)))
+
+
 def count_flops(net, x, backward=False):
     """FLOPs of net(x) (a multiply-add counts 2) by torch.utils.flop_counter, with backward=True those of a training
     step's forward and backward (the gradients are dropped afterwards); a window counts only the pairs it allows."""
-    training, buffers = net.training, [b.clone() for b in net.buffers()]
+    training = net.training
     net.train(backward)  # a step's forward runs in training mode (dropout's masks are elementwise: no FLOPs)
     layers = [m for m in net.modules() if isinstance(m, Attention)]
     backends = [m.backend for m in layers]
@@ -486,21 +506,16 @@ def count_flops(net, x, backward=False):
     # The count leaves no trace: dropout's draws come from a forked generator, BatchNorm's statistics and the
     # gradients are put back as they were.
     try:  # the math backend runs attention as matmuls the counter sees (it has no formula for the fused kernels)
-        with (torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []),
+        with (torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []), model_kept(net),
               torch.set_grad_enabled(backward), sdpa_kernel(SDPBackend.MATH),
               FlopCounterMode(display=False) as counter):
             out = net(x)
             if backward:
-                sum(o.float().sum() for o in (out if isinstance(out, tuple) else (out,))).backward()
+                outputs_sum(out).backward()
     finally:
         for m, backend in zip(layers, backends):
             m.backend = backend
         net.train(training)
-        with torch.no_grad():
-            for b, saved in zip(net.buffers(), buffers):
-                b.copy_(saved)
-        if backward:
-            net.zero_grad(set_to_none=True)
     # The math path scores every (query, key) pair of a windowed kind; only the allowed pairs are its work (what
     # a block-sparse kernel approaches): Q K^T and the weighted sum of V take 2 * 2 * width FLOPs per pair
     # forward, and each of their two gradients as much again.

@@ -205,8 +205,9 @@ from data import (augment, class_list_text, data_config, epoch_plan, normalize, 
 from evaluate import (RunFolderError, attention_backend, autocast, build_run_data, build_run_model,  # noqa: E402
                       count_flops, device_layout, device_name, ema_pairs, ema_update, evaluate_split, fail,
                       final_metrics, git_commit, load_checkpoint, load_teacher, lock_run_folder, make_device, mfu,
-                      os_error, pause_point, peak_tflops, read_config, read_json, save_checkpoint, start_weights,
-                      test_metrics, unlock_run_folder, versions, write_json, write_jsonl)
+                      model_kept, os_error, outputs_sum, pause_point, peak_tflops, read_config, read_json,
+                      save_checkpoint, start_weights, test_metrics, unlock_run_folder, versions, write_json,
+                      write_jsonl)
 from model import RESNET_PRESETS, count_params, model_config  # noqa: E402
 
 
@@ -744,11 +745,10 @@ def train_one_epoch(net, train, epoch, clock, cfg, rank, world):
     seconds = time.time() - t0
     clock["train_step_seconds"] += seconds
     loss_sum, correct, count = totals.tolist()
-    if clock["images"] is not None:  # None: resumed from a checkpoint older than the count
-        clock["images"] += int(count)
     if count == 0:
         raise NonFiniteLoss(f"every step of epoch {epoch + 1} had a nan or inf loss and was skipped")
-    stats = dict(lr=lr, train_loss=loss_sum / count, train_acc=correct / count, images_per_s=count / seconds)
+    stats = dict(lr=lr, train_loss=loss_sum / count, train_acc=correct / count, images_per_s=count / seconds,
+                 images=int(count))
     return stats, out_of_time
 
 
@@ -757,16 +757,12 @@ def compile_steps(net, train, optim):
     before any clock starts; weights, BatchNorm statistics and gradients stay as they were (each epoch seeds the
     random generators itself)."""
     model, x = net["ddp_model"], train["x"]
-    buffers = [b.clone() for b in net["model"].buffers()]
     set_train_mode(model, optim)
-    for n in sorted({part.stop - part.start for part in train["batches"]}, reverse=True):
-        with autocast(x.device, optim["amp"]):
-            outputs = model(normalize(x[:n], train["mean"], train["std"], train["size"], train["resize"]))
-        sum(o.float().sum() for o in (outputs if isinstance(outputs, tuple) else (outputs,))).backward()
-    net["model"].zero_grad(set_to_none=True)
-    with torch.no_grad():
-        for b, saved in zip(net["model"].buffers(), buffers):
-            b.copy_(saved)
+    with model_kept(net["model"]):
+        for n in sorted({part.stop - part.start for part in train["batches"]}, reverse=True):
+            with autocast(x.device, optim["amp"]):
+                outputs = model(normalize(x[:n], train["mean"], train["std"], train["size"], train["resize"]))
+            outputs_sum(outputs).backward()
 
 
 def run_epochs(net, data, start, history, clock, cfg, device, rank, world):
@@ -786,6 +782,8 @@ def run_epochs(net, data, start, history, clock, cfg, device, rank, world):
     for epoch in range(start, cfg["optim"]["epochs"]):
         t0 = time.time()
         stats, out_of_time = train_one_epoch(net, train, epoch, clock, cfg, rank, world)
+        if clock["images"] is not None:  # None: resumed from a checkpoint older than the count
+            clock["images"] += stats["images"]
         if device.type == "cuda":
             peak = torch.cuda.max_memory_allocated(device) / 2 ** 20
             clock["peak_memory_mb"] = max(clock["peak_memory_mb"] or 0, peak)
