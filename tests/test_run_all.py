@@ -21,9 +21,8 @@ def run_all(*args, python="python3", torch_home="/nonexistent-torch-home", **env
 # A stand-in for the interpreter: `train.py ... --out OUT` sleeps (ResNets twice as long), fails for the run named
 # in $FAIL_RUN, writes OUT/times.json (start, end, CUDA_VISIBLE_DEVICES) and, when it succeeds, OUT/final.json;
 # `-c CODE` calling data.load_cifar makes the dataset folder and logs the call in $FAKE_LOG, asking
-# torch.cuda.is_available() prints $FAKE_CUDA; anything else runs python3.
-FAKE_PYTHON = """#!/usr/bin/env python3
-import json, os, sys, time
+# torch.cuda.is_available() prints $FAKE_CUDA; anything else runs the tests' own interpreter.
+FAKE_PYTHON = f"#!{sys.executable}\n" + """import json, os, sys, time
 args = sys.argv[1:]
 if args[:1] == ["-c"] and "load_cifar" in args[1]:
     name, folder = args[2:4]
@@ -33,7 +32,7 @@ if args[:1] == ["-c"] and "load_cifar" in args[1]:
 if args[:1] == ["-c"] and "cuda.is_available" in args[1]:
     sys.exit(print(os.environ["FAKE_CUDA"]))
 if args[:1] != ["train.py"]:
-    os.execvp("python3", ["python3", *args])
+    os.execv(sys.executable, [sys.executable, *args])
 out = args[args.index("--out") + 1]
 os.makedirs(out, exist_ok=True)
 start = time.time()
