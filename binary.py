@@ -1,0 +1,278 @@
+"""One-bit networks (BinaryViT, ReActNet, Bi-Real): weights and activations binarised, simulated in float for
+training; the binary ViT's attention and MLP, the binary ResNet-18; the model's bit-level cost (bops, model_bits);
+the bit-packed XNOR-popcount layers that show what a binary op costs on a CPU.
+
+A binary layer computes scale * (sign(x) . sign(W)): the sum of +-1 products is an integer (exact in float32 below
+2^24 terms), so the packed integer layer and the float simulation agree to the last bit.
+"""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# --attn-quant: how a binary ViT's attention probabilities are quantised. binary: BinaryViT's default, {0, a} with a
+# learned a (BiT's quantiser); none: real-valued, as the authors' code keeps them when activations are not binary.
+ATTN_QUANTS = ["binary", "none"]
+
+
+# ----------------------------------------------------------------------------- binarisers
+
+def sign_pm1(x):
+    """+1 where x >= 0, else -1 (torch.sign gives 0 at 0: a third value no bit can hold)."""
+    return torch.where(x < 0, -1.0, 1.0).to(x.dtype)
+
+
+class ApproxSign(torch.autograd.Function):
+    """Activation sign with Bi-Real's ApproxSign gradient: 2 - 2|x| on [-1, 1], 0 outside."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return sign_pm1(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, = ctx.saved_tensors
+        return grad * (2 - 2 * x.abs()).clamp_min(0)
+
+
+class WeightSign(torch.autograd.Function):
+    """Signs of the centred weights; gradient straight through a clamp to [-1, 1], divided by the scale that the
+    layer multiplies its output by, so that the weights get the gradient of scale * sign (BinaryViT's, ReActNet's)."""
+
+    @staticmethod
+    def forward(ctx, centred, scale):
+        ctx.save_for_backward(centred, scale)
+        return sign_pm1(centred)
+
+    @staticmethod
+    def backward(ctx, grad):
+        centred, scale = ctx.saved_tensors
+        return grad * (centred.abs() <= 1).to(grad.dtype) / scale.clamp_min(1e-12), None
+
+
+def binary_weight(w):
+    """(signs, scale) of a weight (out, ...): signs of w minus its per-output-channel mean, scale the per-channel
+    mean |w| (detached; BinaryViT's code takes it before centring). The binarised weight is scale * signs."""
+    dims = tuple(range(1, w.ndim))
+    scale = w.detach().abs().mean(dims, keepdim=True)
+    return WeightSign.apply(w - w.mean(dims, keepdim=True), scale), scale
+
+
+class AttentionProbQuant(torch.autograd.Function):
+    """BiT's {0, a} quantiser of attention probabilities: round(p / a) clamped to [0, 1], times a; p's gradient passes
+    where p / a is in [0, 1], a's is the rounding error there plus 1 above."""
+
+    @staticmethod
+    def forward(ctx, p, a):
+        ctx.save_for_backward(p, a)
+        return torch.round(p / a).clamp(0, 1) * a
+
+    @staticmethod
+    def backward(ctx, grad):
+        p, a = ctx.saved_tensors
+        q = p / a
+        middle, big = ((q >= 0) & (q <= 1)).to(grad.dtype), (q > 1).to(grad.dtype)
+        return grad * middle, ((middle * (torch.round(q) - q) + big) * grad).sum().reshape(a.shape)
+
+
+# ----------------------------------------------------------------------------- binary layers
+
+class BinaryLinear(nn.Linear):
+    """Linear layer on binarised inputs and weights (no bias): scale * (sign(x) . sign(W_centred))."""
+
+    def __init__(self, d_in, d_out):
+        super().__init__(d_in, d_out, bias=False)
+
+    def forward(self, x):
+        signs, scale = binary_weight(self.weight)
+        return F.linear(ApproxSign.apply(x), signs) * scale.view(-1)
+
+
+class BinaryConv2d(nn.Conv2d):
+    """Convolution on binarised inputs and weights (no bias); zero padding, as Bi-Real's and ReActNet's."""
+
+    def __init__(self, c_in, c_out, kernel_size, stride=1, padding=0):
+        super().__init__(c_in, c_out, kernel_size, stride, padding, bias=False)
+
+    def forward(self, x):
+        signs, scale = binary_weight(self.weight)
+        return F.conv2d(ApproxSign.apply(x), signs, None, self.stride, self.padding) * scale.view(1, -1, 1, 1)
+
+
+class RPReLU(nn.Module):
+    """ReActNet's RPReLU: shift, PReLU with a slope per channel (0.25 at first), shift; channels on `dim`."""
+
+    def __init__(self, channels, dim=-1):
+        super().__init__()
+        shape = (channels,) if dim == -1 else (channels, 1, 1)
+        self.shift_in, self.shift_out = nn.Parameter(torch.zeros(shape)), nn.Parameter(torch.zeros(shape))
+        self.slope = nn.Parameter(torch.full(shape, 0.25))
+
+    def forward(self, x):
+        x = x - self.shift_in
+        return torch.where(x > 0, x, self.slope * x) + self.shift_out
+
+
+class TokenBatchNorm(nn.BatchNorm1d):
+    """BatchNorm over batch and tokens for (B, T, C): the binary ViT's norm (BinaryViT's --replace-ln-bn)."""
+
+    def forward(self, x):
+        return super().forward(x.transpose(1, 2)).transpose(1, 2)
+
+
+def channel_residual(x, width):
+    """The real-valued shortcut of a layer from x's channels to `width`: x itself, its channels repeated (wider,
+    BinaryViT's MLP widening) or averaged in consecutive groups (narrower, its narrowing)."""
+    c = x.shape[-1]
+    if width >= c:
+        return x.repeat(*[1] * (x.ndim - 1), width // c) if width > c else x
+    return x.unflatten(-1, (width, c // width)).mean(-1)
+
+
+class BinaryUnit(nn.Module):
+    """BinaryViT's binary linear: learned shift (RSign), binary linear, norm, real-valued shortcut, RPReLU."""
+
+    def __init__(self, d_in, d_out, norm):
+        super().__init__()
+        self.shift = nn.Parameter(torch.zeros(d_in))
+        self.linear = BinaryLinear(d_in, d_out)
+        self.norm = norm(d_out)
+        self.act = RPReLU(d_out)
+
+    def forward(self, x):
+        return self.act(self.norm(self.linear(x + self.shift)) + channel_residual(x, self.linear.out_features))
+
+
+class BinaryAttention(nn.Module):
+    """BinaryViT's attention: q, k, v from binary units, binarised after a learned shift; softmax probabilities
+    quantised to {0, a} (attn_quant binary); the context normalised plus q, k and v before the RPReLU; a binary
+    output projection. Binary matmuls: q k^T and p v (counted as bops)."""
+
+    def __init__(self, dim, heads, norm, attn_quant="binary"):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"--heads {heads} does not divide --dim {dim}")
+        self.heads = heads
+        self.q, self.k, self.v = BinaryUnit(dim, dim, norm), BinaryUnit(dim, dim, norm), BinaryUnit(dim, dim, norm)
+        self.shift_qkv = nn.Parameter(torch.zeros(3, dim))
+        self.prob_scale = nn.Parameter(torch.tensor(0.005)) if attn_quant == "binary" else None
+        self.norm_context = norm(dim)
+        self.act_context = RPReLU(dim)
+        self.proj = BinaryUnit(dim, dim, norm)
+
+    def forward(self, x):
+        B, T, D = x.shape
+        mixed = [self.q(x), self.k(x), self.v(x)]
+        q, k, v = (ApproxSign.apply(m + s).view(B, T, self.heads, -1).transpose(1, 2)
+                   for m, s in zip(mixed, self.shift_qkv))
+        p = torch.softmax(q @ k.transpose(-2, -1) * (D // self.heads) ** -0.5, -1)
+        if self.prob_scale is not None:
+            p = AttentionProbQuant.apply(p, self.prob_scale)
+        context = (p @ v).transpose(1, 2).reshape(B, T, D)
+        return self.proj(self.act_context(self.norm_context(context) + sum(mixed)))
+
+
+class BinaryMLP(nn.Module):
+    """BinaryViT's MLP: a widening binary unit (shortcut: channels repeated) and a narrowing one (channels averaged);
+    RPReLU is its activation (no GELU)."""
+
+    def __init__(self, dim, hidden, norm, dropout=0.0):
+        super().__init__()
+        self.fc1, self.fc2, self.dropout = BinaryUnit(dim, hidden, norm), BinaryUnit(hidden, dim, norm), nn.Dropout(dropout)
+
+    def forward(self, x):
+        return self.dropout(self.fc2(self.fc1(x)))
+
+
+class BinaryMerge(nn.Module):
+    """A binary pyramid's patch merging (BinaryViT's): norm, learned shift, binary 2x2 stride-2 conv, norm, plus the
+    2x2-averaged input with its channels repeated, RPReLU. Tokens (B, h*w, C) -> (B, h/2*w/2, C_out)."""
+
+    def __init__(self, c_in, c_out, grid, norm):
+        super().__init__()
+        self.grid = grid
+        self.norm_in = norm(c_in)
+        self.shift = nn.Parameter(torch.zeros(c_in))
+        self.conv = BinaryConv2d(c_in, c_out, 2, stride=2)
+        self.norm = norm(c_out)
+        self.act = RPReLU(c_out)
+
+    def forward(self, x):
+        x = self.norm_in(x)
+        image = lambda t: t.transpose(1, 2).unflatten(2, self.grid)  # B, C, h, w
+        y = self.conv(image(x + self.shift)).flatten(2).transpose(1, 2)
+        shortcut = F.avg_pool2d(image(x), 2).flatten(2).transpose(1, 2)
+        return self.act(self.norm(y) + channel_residual(shortcut, self.conv.out_channels))
+
+
+# ----------------------------------------------------------------------------- binary ResNet-18
+
+class BinaryConvUnit(nn.Module):
+    """Bi-Real / ReActNet: learned shift, binary 3x3 conv, BatchNorm, plus a real-valued shortcut (identity, or
+    average pool, 1x1 conv and BatchNorm where the shape changes), RPReLU."""
+
+    def __init__(self, c_in, c_out, stride):
+        super().__init__()
+        self.shift = nn.Parameter(torch.zeros(c_in, 1, 1))
+        self.conv = BinaryConv2d(c_in, c_out, 3, stride, padding=1)
+        self.bn = nn.BatchNorm2d(c_out)
+        self.shortcut = nn.Identity()
+        if stride != 1 or c_in != c_out:
+            self.shortcut = nn.Sequential(nn.AvgPool2d(stride) if stride > 1 else nn.Identity(),
+                                          nn.Conv2d(c_in, c_out, 1, bias=False), nn.BatchNorm2d(c_out))
+        self.act = RPReLU(c_out, dim=1)
+
+    def forward(self, x):
+        return self.act(self.bn(self.conv(x + self.shift)) + self.shortcut(x))
+
+
+class BinaryResNet(nn.Module):
+    """ResNet-18 with every 3x3 conv of its residual stages binary, each with its own shortcut (Bi-Real); full-
+    precision stem (3x3 for 64 px or less, else ImageNet's 7x7 and max-pool), downsampling shortcuts and fc.
+    `stages` keeps the first residual stages, as model.resnet does."""
+
+    def __init__(self, num_classes, image_size=32, stages=4):
+        super().__init__()
+        small = image_size <= 64
+        self.conv1 = nn.Conv2d(3, 64, 3 if small else 7, 1 if small else 2, 1 if small else 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)  # no ReLU: the first block binarises its input (ReActNet's first conv)
+        self.maxpool = nn.Identity() if small else nn.MaxPool2d(3, 2, 1)
+        widths = [64, 128, 256, 512]
+        for i, width in enumerate(widths):
+            c_in = widths[i - 1] if i else 64
+            stage = nn.Sequential(BinaryConvUnit(c_in, width, 1 if i == 0 else 2), BinaryConvUnit(width, width, 1),
+                                  BinaryConvUnit(width, width, 1), BinaryConvUnit(width, width, 1))
+            setattr(self, f"layer{i + 1}", stage if i < stages else nn.Identity())
+        self.fc = nn.Linear(widths[stages - 1], num_classes)
+
+    def forward(self, x):
+        x = self.maxpool(self.bn1(self.conv1(x)))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+# ----------------------------------------------------------------------------- cost
+
+def binary_macs(module, inputs, output):
+    """Binary multiply-accumulates of one forward of a binary module (a forward hook's arguments): a binary linear
+    or conv's output elements times its fan-in; binary attention's q k^T and p v, T * T * width each."""
+    if isinstance(module, BinaryLinear):
+        return output.numel() * module.in_features
+    if isinstance(module, BinaryConv2d):
+        return output.numel() * module.in_channels * module.kernel_size[0] * module.kernel_size[1]
+    B, T, D = inputs[0].shape
+    return 2 * B * T * T * D
+
+
+def is_binary(module):
+    """A module whose forward does binary multiply-accumulates of its own (binary_macs)."""
+    return isinstance(module, (BinaryLinear, BinaryConv2d, BinaryAttention))
+
+
+def model_bits(model):
+    """Bits to store the model: binary weights at 1 bit, their per-channel scales and every other parameter at 32
+    (BatchNorm's running statistics fold into its affine at inference: not counted)."""
+    binary = [m.weight for m in model.modules() if isinstance(m, (BinaryLinear, BinaryConv2d))]
+    binary_ids = {id(w) for w in binary}
+    real = sum(p.numel() for p in model.parameters() if id(p) not in binary_ids)
+    return sum(w.numel() for w in binary) + 32 * (real + sum(w.shape[0] for w in binary))
