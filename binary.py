@@ -9,30 +9,34 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-# --attn-quant: how a binary ViT's attention probabilities are quantised. binary: BinaryViT's default, {0, a} with a
-# learned a (BiT's quantiser); none: real-valued, as the authors' code keeps them when activations are not binary.
-ATTN_QUANTS = ["binary", "none"]
-
 
 # ----------------------------------------------------------------------------- binarisers
 
 def sign_pm1(x):
-    """+1 where x >= 0, else -1 (torch.sign gives 0 at 0: a third value no bit can hold)."""
-    return torch.where(x < 0, -1.0, 1.0).to(x.dtype)
+    """+1 or -1 by x's sign bit (+1 at 0, -1 at -0): torch.sign gives 0 at 0, a third value no bit can hold.
+    copysign is one vectorised op; torch.where is several times slower on CPU."""
+    return torch.copysign(torch.ones((), dtype=x.dtype, device=x.device), x)
 
 
 class ApproxSign(torch.autograd.Function):
-    """Activation sign with Bi-Real's ApproxSign gradient: 2 - 2|x| on [-1, 1], 0 outside."""
+    """sign(x + shift) (the shift per channel, last dim: ReActNet's RSign) with Bi-Real's ApproxSign gradient,
+    2 - 2|x + shift| on [-1, 1] and 0 outside. One function, not a chain of ops: the derivative is made in the
+    forward pass in place of x + shift, so a step allocates and sweeps far fewer activation-sized tensors."""
 
     @staticmethod
-    def forward(ctx, x):
-        ctx.save_for_backward(x)
-        return sign_pm1(x)
+    def forward(ctx, x, shift):
+        u = x + shift
+        out = sign_pm1(u)
+        slope = u.abs_().mul_(-2).add_(2).clamp_min_(0)
+        ctx.save_for_backward(slope)
+        ctx.shift_shape = shift.shape
+        return out
 
     @staticmethod
     def backward(ctx, grad):
-        x, = ctx.saved_tensors
-        return grad * (2 - 2 * x.abs()).clamp_min(0)
+        slope, = ctx.saved_tensors
+        grad_x = grad * slope
+        return grad_x, grad_x.sum_to_size(ctx.shift_shape)
 
 
 class WeightSign(torch.autograd.Function):
@@ -60,64 +64,76 @@ def binary_weight(w):
 
 class AttentionProbQuant(torch.autograd.Function):
     """BiT's {0, a} quantiser of attention probabilities: round(p / a) clamped to [0, 1], times a; p's gradient passes
-    where p / a is in [0, 1], a's is the rounding error there plus 1 above."""
+    where p / a is in [0, 1], a's is the rounding error there plus 1 above (in place where it can: these tensors are
+    batch x heads x tokens^2)."""
 
     @staticmethod
     def forward(ctx, p, a):
         ctx.save_for_backward(p, a)
-        return torch.round(p / a).clamp(0, 1) * a
+        return torch.div(p, a).round_().clamp_(0, 1).mul_(a)
 
     @staticmethod
     def backward(ctx, grad):
         p, a = ctx.saved_tensors
         q = p / a
-        middle, big = ((q >= 0) & (q <= 1)).to(grad.dtype), (q > 1).to(grad.dtype)
-        return grad * middle, ((middle * (torch.round(q) - q) + big) * grad).sum().reshape(a.shape)
+        above, below = q > 1, q < 0
+        error = torch.round(q).sub_(q).masked_fill_(above, 1).masked_fill_(below, 0)
+        return grad.masked_fill(above | below, 0), (error.mul_(grad)).sum().reshape(a.shape)
 
 
 # ----------------------------------------------------------------------------- binary layers
 
 class BinaryLinear(nn.Linear):
-    """Linear layer on binarised inputs and weights (no bias): scale * (sign(x) . sign(W_centred))."""
+    """Linear layer on binarised inputs and weights (no bias): scale * (sign(x + shift) . sign(W_centred)), with
+    ReActNet's learned per-channel shift (RSign's threshold)."""
 
     def __init__(self, d_in, d_out):
         super().__init__(d_in, d_out, bias=False)
+        self.shift = nn.Parameter(torch.zeros(d_in))
 
     def forward(self, x):
         signs, scale = binary_weight(self.weight)
-        return F.linear(ApproxSign.apply(x), signs) * scale.view(-1)
+        return F.linear(ApproxSign.apply(x, self.shift), signs).mul_(scale.view(-1))
 
 
 class BinaryConv2d(nn.Conv2d):
-    """Convolution on binarised inputs and weights (no bias); zero padding, as Bi-Real's and ReActNet's."""
+    """Convolution on binarised inputs and weights (no bias), the input shifted per channel first (RSign); zero
+    padding, as Bi-Real's and ReActNet's."""
 
     def __init__(self, c_in, c_out, kernel_size, stride=1, padding=0):
         super().__init__(c_in, c_out, kernel_size, stride, padding, bias=False)
+        self.shift = nn.Parameter(torch.zeros(c_in, 1, 1))
 
     def forward(self, x):
         signs, scale = binary_weight(self.weight)
-        return F.conv2d(ApproxSign.apply(x), signs, None, self.stride, self.padding) * scale.view(1, -1, 1, 1)
+        x = ApproxSign.apply(x, self.shift)
+        return F.conv2d(x, signs, None, self.stride, self.padding).mul_(scale.view(1, -1, 1, 1))
 
 
 class RPReLU(nn.Module):
-    """ReActNet's RPReLU: shift, PReLU with a slope per channel (0.25 at first), shift; channels on `dim`."""
+    """ReActNet's RPReLU: shift, PReLU with a slope per channel (0.25 at first), shift; channels last (tokens) or
+    on dim 1 (image maps, dim=1)."""
 
     def __init__(self, channels, dim=-1):
         super().__init__()
         shape = (channels,) if dim == -1 else (channels, 1, 1)
         self.shift_in, self.shift_out = nn.Parameter(torch.zeros(shape)), nn.Parameter(torch.zeros(shape))
-        self.slope = nn.Parameter(torch.full(shape, 0.25))
+        self.slope = nn.Parameter(torch.full((channels,), 0.25))
 
     def forward(self, x):
         x = x - self.shift_in
-        return torch.where(x > 0, x, self.slope * x) + self.shift_out
+        # F.prelu wants channels on dim 1: tokens as rows (B*T, C), a view, keep its vectorised kernel
+        y = F.prelu(x, self.slope) if self.shift_in.ndim == 3 else F.prelu(x.reshape(-1, x.shape[-1]), self.slope)
+        return y.view(x.shape).add_(self.shift_out)  # in place: prelu's backward needs its input, not its output
 
 
 class TokenBatchNorm(nn.BatchNorm1d):
-    """BatchNorm over batch and tokens for (B, T, C): the binary ViT's norm (BinaryViT's --replace-ln-bn)."""
+    """BatchNorm over batch and tokens for (B, T, C): the binary ViT's norm (BinaryViT's --replace-ln-bn). Tokens as
+    rows (B*T, C): the same statistics as on (B, C, T), and a contiguous layout its CPU kernel runs several times
+    faster on."""
 
     def forward(self, x):
-        return super().forward(x.transpose(1, 2)).transpose(1, 2)
+        return super().forward(x.reshape(-1, x.shape[-1])).view(x.shape)
 
 
 def channel_residual(x, width):
@@ -130,32 +146,33 @@ def channel_residual(x, width):
 
 
 class BinaryUnit(nn.Module):
-    """BinaryViT's binary linear: learned shift (RSign), binary linear, norm, real-valued shortcut, RPReLU."""
+    """BinaryViT's binary linear: binary linear (its input shifted: RSign), norm, real-valued shortcut, RPReLU."""
 
     def __init__(self, d_in, d_out, norm):
         super().__init__()
-        self.shift = nn.Parameter(torch.zeros(d_in))
         self.linear = BinaryLinear(d_in, d_out)
         self.norm = norm(d_out)
         self.act = RPReLU(d_out)
 
     def forward(self, x):
-        return self.act(self.norm(self.linear(x + self.shift)) + channel_residual(x, self.linear.out_features))
+        return self.act(self.norm(self.linear(x)) + channel_residual(x, self.linear.out_features))
 
 
 class BinaryAttention(nn.Module):
     """BinaryViT's attention: q, k, v from binary units, binarised after a learned shift; softmax probabilities
     quantised to {0, a} (attn_quant binary); the context normalised plus q, k and v before the RPReLU; a binary
-    output projection. Binary matmuls: q k^T and p v (counted as bops)."""
+    output projection. Binary matmuls: q k^T and p v (counted as bops). The quantiser's a starts at 1 / tokens, the
+    mean probability: the authors' 0.005 is that for their 196 tokens (on a few dozen tokens 0.005 would round every
+    probability up to a, a uniform attention)."""
 
-    def __init__(self, dim, heads, norm, attn_quant="binary"):
+    def __init__(self, dim, heads, norm, attn_quant="binary", tokens=196):
         super().__init__()
         if dim % heads:
             raise ValueError(f"--heads {heads} does not divide --dim {dim}")
         self.heads = heads
         self.q, self.k, self.v = BinaryUnit(dim, dim, norm), BinaryUnit(dim, dim, norm), BinaryUnit(dim, dim, norm)
         self.shift_qkv = nn.Parameter(torch.zeros(3, dim))
-        self.prob_scale = nn.Parameter(torch.tensor(0.005)) if attn_quant == "binary" else None
+        self.prob_scale = nn.Parameter(torch.tensor(1 / tokens)) if attn_quant == "binary" else None
         self.norm_context = norm(dim)
         self.act_context = RPReLU(dim)
         self.proj = BinaryUnit(dim, dim, norm)
@@ -163,7 +180,7 @@ class BinaryAttention(nn.Module):
     def forward(self, x):
         B, T, D = x.shape
         mixed = [self.q(x), self.k(x), self.v(x)]
-        q, k, v = (ApproxSign.apply(m + s).view(B, T, self.heads, -1).transpose(1, 2)
+        q, k, v = (ApproxSign.apply(m, s).view(B, T, self.heads, -1).transpose(1, 2)
                    for m, s in zip(mixed, self.shift_qkv))
         p = torch.softmax(q @ k.transpose(-2, -1) * (D // self.heads) ** -0.5, -1)
         if self.prob_scale is not None:
@@ -178,21 +195,21 @@ class BinaryMLP(nn.Module):
 
     def __init__(self, dim, hidden, norm, dropout=0.0):
         super().__init__()
-        self.fc1, self.fc2, self.dropout = BinaryUnit(dim, hidden, norm), BinaryUnit(hidden, dim, norm), nn.Dropout(dropout)
+        self.fc1, self.fc2 = BinaryUnit(dim, hidden, norm), BinaryUnit(hidden, dim, norm)
+        self.dropout = nn.Dropout(dropout)
 
     def forward(self, x):
         return self.dropout(self.fc2(self.fc1(x)))
 
 
 class BinaryMerge(nn.Module):
-    """A binary pyramid's patch merging (BinaryViT's): norm, learned shift, binary 2x2 stride-2 conv, norm, plus the
-    2x2-averaged input with its channels repeated, RPReLU. Tokens (B, h*w, C) -> (B, h/2*w/2, C_out)."""
+    """A binary pyramid's patch merging (BinaryViT's): norm, binary 2x2 stride-2 conv (its input shifted), norm,
+    plus the 2x2-averaged input with its channels repeated, RPReLU. Tokens (B, h*w, C) -> (B, h/2*w/2, C_out)."""
 
     def __init__(self, c_in, c_out, grid, norm):
         super().__init__()
         self.grid = grid
         self.norm_in = norm(c_in)
-        self.shift = nn.Parameter(torch.zeros(c_in))
         self.conv = BinaryConv2d(c_in, c_out, 2, stride=2)
         self.norm = norm(c_out)
         self.act = RPReLU(c_out)
@@ -200,7 +217,7 @@ class BinaryMerge(nn.Module):
     def forward(self, x):
         x = self.norm_in(x)
         image = lambda t: t.transpose(1, 2).unflatten(2, self.grid)  # B, C, h, w
-        y = self.conv(image(x + self.shift)).flatten(2).transpose(1, 2)
+        y = self.conv(image(x)).flatten(2).transpose(1, 2)
         shortcut = F.avg_pool2d(image(x), 2).flatten(2).transpose(1, 2)
         return self.act(self.norm(y) + channel_residual(shortcut, self.conv.out_channels))
 
@@ -208,12 +225,11 @@ class BinaryMerge(nn.Module):
 # ----------------------------------------------------------------------------- binary ResNet-18
 
 class BinaryConvUnit(nn.Module):
-    """Bi-Real / ReActNet: learned shift, binary 3x3 conv, BatchNorm, plus a real-valued shortcut (identity, or
+    """Bi-Real / ReActNet: binary 3x3 conv (its input shifted: RSign), BatchNorm, plus a real-valued shortcut (identity, or
     average pool, 1x1 conv and BatchNorm where the shape changes), RPReLU."""
 
     def __init__(self, c_in, c_out, stride):
         super().__init__()
-        self.shift = nn.Parameter(torch.zeros(c_in, 1, 1))
         self.conv = BinaryConv2d(c_in, c_out, 3, stride, padding=1)
         self.bn = nn.BatchNorm2d(c_out)
         self.shortcut = nn.Identity()
@@ -223,7 +239,7 @@ class BinaryConvUnit(nn.Module):
         self.act = RPReLU(c_out, dim=1)
 
     def forward(self, x):
-        return self.act(self.bn(self.conv(x + self.shift)) + self.shortcut(x))
+        return self.act(self.bn(self.conv(x)) + self.shortcut(x))
 
 
 class BinaryResNet(nn.Module):
@@ -269,10 +285,15 @@ def is_binary(module):
     return isinstance(module, (BinaryLinear, BinaryConv2d, BinaryAttention))
 
 
+def binary_weights(model):
+    """The weights of the model's binary linears and convs (stored at one bit; never weight-decayed)."""
+    return [m.weight for m in model.modules() if isinstance(m, (BinaryLinear, BinaryConv2d))]
+
+
 def model_bits(model):
     """Bits to store the model: binary weights at 1 bit, their per-channel scales and every other parameter at 32
     (BatchNorm's running statistics fold into its affine at inference: not counted)."""
-    binary = [m.weight for m in model.modules() if isinstance(m, (BinaryLinear, BinaryConv2d))]
+    binary = binary_weights(model)
     binary_ids = {id(w) for w in binary}
     real = sum(p.numel() for p in model.parameters() if id(p) not in binary_ids)
     return sum(w.numel() for w in binary) + 32 * (real + sum(w.shape[0] for w in binary))

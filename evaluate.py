@@ -32,6 +32,7 @@ from torchvision.transforms import v2
 from attention import (ATTENTIONS, WINDOWED, Attention, attention_options, flex_attention, flex_block_mask,
                        local_attention_mask)
 from augment import RECIPE_KEYS, recipe_batch, recipe_draws
+from binary import binary_macs, is_binary, model_bits
 from data import (augment, build_data, channel_stats, class_list_text, corrupt, dataset_shape, epoch_plan,
                   load_dataset, normalize, rank_batches)
 from model import RESNET_PRESETS, ViT, build_model, count_params, imagenet_state, transfer_state
@@ -527,6 +528,22 @@ def count_flops(net, x, backward=False):
     return counter.get_total_flops() - masked_out
 
 
+def bit_costs(model, image_size, device):
+    """final.json's cost per image as the binary-network papers count it, from the model's own modules on a forward
+    pass: bops (binary multiply-accumulates, binary.binary_macs), flops (the full-precision multiply-accumulates of
+    its matmuls and convs: count_flops / 2 less the bops), ops = bops / 64 + flops, and model_bits."""
+    counted = []
+    hooks = [m.register_forward_hook(lambda m, i, o: counted.append(binary_macs(m, i, o)))
+             for m in model.modules() if is_binary(m)]
+    try:
+        macs = count_flops(model, torch.zeros(1, 3, image_size, image_size, device=device)) // 2
+    finally:
+        for h in hooks:
+            h.remove()
+    bops = sum(counted)
+    return dict(bops=bops, flops=macs - bops, ops=bops / 64 + macs - bops, model_bits=model_bits(model))
+
+
 # Dense tensor-core peaks in TFLOP/s from NVIDIA's data sheets, by a name torch.cuda.get_device_name contains (the
 # first that matches): bf16 for autocast, tf32 for float32 (TF32 is on). A GPU not listed, or a CPU: give
 # --peak-tflops, else MFU is null.
@@ -602,9 +619,11 @@ def attention_distance(model, images, mean, std, device, batch_size=64, size=Non
 
     Each patch query's weights on patch keys (prefix keys such as cls left out, the rest renormalised) weight the
     Euclidean distances between patch centres; averaged over queries and images (as Dosovitskiy et al.'s
-    mean attention distance, in patches instead of pixels). None for a model without explicit softmax weights.
+    mean attention distance, in patches instead of pixels). None for a model without explicit softmax weights, a
+    binary ViT (its attention is binary.py's) or a pyramid (its grid changes between stages).
     """
-    if not isinstance(model, ViT) or model.blocks[0].attn.kind not in SOFTMAX_KINDS:
+    if (not isinstance(model, ViT) or len(model.merges) or not isinstance(model.blocks[0].attn, Attention)
+            or model.blocks[0].attn.kind not in SOFTMAX_KINDS):
         return None
     model.eval()
     h, w = model.blocks[0].attn.grid
@@ -650,6 +669,7 @@ def final_metrics(model, data, device, amp, history, thresholds):
         out["head_test_acc"] = head_accuracies(model, data, device, amp)
     out["params"] = count_params(model)  # all of them, frozen or not
     out["flops_per_image"] = count_flops(model, torch.zeros(1, 3, image_size, image_size, device=device))
+    out |= bit_costs(model, image_size, device)
     out.update(measure_speed(model, image_size, device, amp))
     out["epochs_to"], out["seconds_to"] = threshold_crossings(history, thresholds)
     vals = [m["val_acc"] for m in history if m.get("val_acc") is not None]

@@ -1,5 +1,6 @@
 """Our ViT and torchvision's ResNets (with a small-image stem); `build_model` makes any of them by name, and
 `transfer_state` starts one from another's weights (a run of this lab or torchvision's ImageNet weights)."""
+import functools
 import math
 import os
 import re
@@ -10,6 +11,7 @@ import torch.nn.functional as F
 import torchvision
 
 from attention import ATTENTION_OPTIONS, Attention, attention_options, option_flag
+from binary import BinaryAttention, BinaryMerge, BinaryMLP, BinaryResNet, TokenBatchNorm
 # The presets are in options.py, which imports no torch: train.py builds its command line from them first.
 from options import ARCHS, DEFAULT_WEIGHTS, RESNET_PRESETS, VIT_DEFAULTS, VIT_PRESETS
 
@@ -58,22 +60,95 @@ class ShiftedPatchEmbed(nn.Module):
         return self.proj(self.norm(patches))
 
 
-class Block(nn.Module):
-    """Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x))."""
+class ResidualAffine(nn.Module):
+    """--residual-affine (BinaryViT): a learned per-channel scale (0.1 at first) and bias before a residual add."""
 
-    def __init__(self, dim, heads, mlp_ratio, dropout, drop_path, attention, norm_eps=1e-5):
+    def __init__(self, dim):
+        super().__init__()
+        self.scale, self.bias = nn.Parameter(torch.full((dim,), 0.1)), nn.Parameter(torch.zeros(dim))
+
+    def forward(self, x):
+        return x * self.scale + self.bias
+
+
+class MultiPool(nn.Module):
+    """--multi-pool (BinaryViT): average pools 1x3, 3x1, 1x5, 5x1 over the patch grid of the MLP's normalised input,
+    each times a learned per-channel scale (0 at first); prefix tokens (cls) get none. The CNN's local pooling."""
+
+    KERNELS = ((1, 3), (3, 1), (1, 5), (5, 1))
+
+    def __init__(self, dim, grid, num_prefix_tokens):
+        super().__init__()
+        self.grid, self.num_prefix_tokens = grid, num_prefix_tokens
+        self.scales = nn.Parameter(torch.zeros(len(self.KERNELS), dim))
+
+    def forward(self, x):
+        c = self.num_prefix_tokens
+        image = x[:, c:].transpose(1, 2).unflatten(2, self.grid)  # B, D, h, w
+        out = 0
+        for (kh, kw), scale in zip(self.KERNELS, self.scales):  # zero padding counted, as the authors' AvgPool2d
+            out = out + F.avg_pool2d(image, (kh, kw), 1, (kh // 2, kw // 2)).flatten(2).transpose(1, 2) * scale
+        return F.pad(out, (0, 0, c, 0))  # zeros for the prefix tokens
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x)). binary: BinaryViT's binary attention
+    and MLP with token BatchNorms; residual_affine: a ResidualAffine before each add; multi_pool: MultiPool of
+    the MLP's input added to the output (`grid` and `num_prefix_tokens` of attention options give its grid)."""
+
+    def __init__(self, dim, heads, mlp_ratio, dropout, drop_path, attention, norm_eps=1e-5, binary=False,
+                 attn_quant="binary", multi_pool=False, residual_affine=False):
         super().__init__()
         hidden = int(dim * mlp_ratio)
-        self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
-        self.attn = Attention(dim, heads, **attention)
-        self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
-        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout),
-                                 nn.Linear(hidden, dim), nn.Dropout(dropout))
+        norm = functools.partial(TokenBatchNorm if binary else nn.LayerNorm, eps=norm_eps)
+        self.norm1 = norm(dim)
+        self.norm2 = norm(dim)
+        if binary:
+            grid, prefix = attention["grid"], attention["num_prefix_tokens"]
+            self.attn = BinaryAttention(dim, heads, norm, attn_quant, grid[0] * grid[1] + prefix)
+            self.mlp = BinaryMLP(dim, hidden, norm, dropout)
+        else:
+            self.attn = Attention(dim, heads, **attention)
+            self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout),
+                                     nn.Linear(hidden, dim), nn.Dropout(dropout))
+        self.affine1 = ResidualAffine(dim) if residual_affine else nn.Identity()
+        self.affine2 = ResidualAffine(dim) if residual_affine else nn.Identity()
+        self.multi_pool = MultiPool(dim, attention["grid"], attention["num_prefix_tokens"]) if multi_pool else None
         self.drop_path = DropPath(drop_path)
 
     def forward(self, x):
-        x = x + self.drop_path(self.attn(self.norm1(x)))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+        x = x + self.drop_path(self.affine1(self.attn(self.norm1(x))))
+        h = self.norm2(x)
+        out = x + self.drop_path(self.affine2(self.mlp(h)))
+        return out if self.multi_pool is None else out + self.multi_pool(h)
+
+
+class PatchMerge(nn.Module):
+    """--pyramid's full-precision patch merging (BinaryViT's): norm, 2x2 stride-2 conv widening the channels, norm.
+    Tokens (B, h*w, C) -> (B, h/2*w/2, C_out)."""
+
+    def __init__(self, c_in, c_out, grid, norm):
+        super().__init__()
+        self.grid = grid
+        self.norm_in, self.conv, self.norm = norm(c_in), nn.Conv2d(c_in, c_out, 2, 2, bias=False), norm(c_out)
+
+    def forward(self, x):
+        x = self.norm_in(x).transpose(1, 2).unflatten(2, self.grid)
+        return self.norm(self.conv(x).flatten(2).transpose(1, 2))
+
+
+def pyramid_stages(dim, heads, depth, grid):
+    """--pyramid's four stages for a ViT of `depth` blocks of width `dim` with `heads` on a grid x grid of patches:
+    widths dim/4, dim/2, dim, 2 dim and heads/8 ... heads (BinaryViT-S's 64-512 and 1-8 for the vit preset), one
+    block per stage and the rest in the third (BinaryViT's deepest), grids halving from `grid`; ValueError if not."""
+    if grid % 8:
+        raise ValueError(f"--pyramid halves the token grid three times: the {grid}x{grid} grid of this image and patch "
+                         "size does not (allowed: a grid divisible by 8, e.g. 32 px with --patch-size 4 or 2)")
+    if heads % 8 or dim % 4 or depth < 4:
+        raise ValueError(f"--pyramid needs --heads divisible by 8 (got {heads}), --dim divisible by 4 (got {dim}) "
+                         f"and --depth at least 4, a block per stage (got {depth})")
+    return ([dim // 4, dim // 2, dim, 2 * dim], [heads // 8, heads // 4, heads // 2, heads], [1, 1, depth - 3, 1],
+            [grid, grid // 2, grid // 4, grid // 8])
 
 
 class ViT(nn.Module):
@@ -81,11 +156,16 @@ class ViT(nn.Module):
     pre-norm blocks with any attention of attention.py (its options, and `backend`, in attention_options).
 
     distill_token (DeiT): a second token after the cls token with its own head, head_dist. Training mode returns
-    both heads' logits (cls, dist); eval mode their mean, or one head's as `output` says ("mean", "cls", "dist")."""
+    both heads' logits (cls, dist); eval mode their mean, or one head's as `output` says ("mean", "cls", "dist").
+
+    BinaryViT's switches: binary (binary.py's attention and MLP, token BatchNorms; embedding and head stay full
+    precision), multi_pool, residual_affine (see Block), pyramid (four stages joined by patch merging, each merge
+    with its own position embeddings: pyramid_stages), fp_merge (a binary pyramid's merges in full precision)."""
 
     def __init__(self, num_classes, image_size=32, patch_size=4, depth=6, dim=256, heads=8, mlp_ratio=2.0,
                  pool="cls", attention="full", attention_options=None, spt=False, dropout=0.0, drop_path=0.0,
-                 norm_eps=1e-5, distill_token=False):
+                 norm_eps=1e-5, distill_token=False, binary=False, attn_quant="binary", multi_pool=False,
+                 residual_affine=False, pyramid=False, fp_merge=False):
         super().__init__()
         if image_size % patch_size:
             allowed = ", ".join(str(p) for p in range(1, image_size + 1) if image_size % p == 0)
@@ -94,34 +174,48 @@ class ViT(nn.Module):
         if distill_token and pool != "cls":
             raise ValueError("--distill token needs the cls token; it cannot be used with --pool mean")
         grid = image_size // patch_size
+        dims, heads_of, depths, grids = (pyramid_stages(dim, heads, depth, grid) if pyramid else
+                                         ([dim], [heads], [depth], [grid]))
         self.pool = pool
         self.output = "mean"
         # Tokens before the patches: the cls token, if any, and the distillation token.
         self.num_prefix_tokens = int(pool == "cls") + int(distill_token)
-        self.patch_embed = ShiftedPatchEmbed(patch_size, dim) if spt else nn.Conv2d(3, dim, patch_size, patch_size)
+        self.patch_embed = (ShiftedPatchEmbed(patch_size, dims[0]) if spt else
+                            nn.Conv2d(3, dims[0], patch_size, patch_size))
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim)) if pool == "cls" else None
         self.dist_token = nn.Parameter(torch.zeros(1, 1, dim)) if distill_token else None
-        self.pos_embed = nn.Parameter(torch.zeros(1, grid * grid + self.num_prefix_tokens, dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, grid * grid + self.num_prefix_tokens, dims[0]))
         self.dropout = nn.Dropout(dropout)
-        options = dict(attention_options or {}, kind=attention, grid=(grid, grid),
-                       num_prefix_tokens=self.num_prefix_tokens)
-        rates = torch.linspace(0, drop_path, depth).tolist()  # deeper blocks are dropped more often
-        self.blocks = nn.ModuleList()
-        for r in rates:
-            self.blocks.append(Block(dim, heads, mlp_ratio, dropout, r, options, norm_eps))
-            if attention == "linformer" and options.get("linformer_share") == "layers":
-                options["shared_projection"] = self.blocks[0].attn.proj_k  # one matrix for every layer
-        self.norm = nn.LayerNorm(dim, eps=norm_eps)
-        self.head = nn.Linear(dim, num_classes)
+        norm = functools.partial(TokenBatchNorm if binary else nn.LayerNorm, eps=norm_eps)
+        rates = iter(torch.linspace(0, drop_path, depth).tolist())  # deeper blocks are dropped more often
+        self.blocks, self.merges, self.merge_after = nn.ModuleList(), nn.ModuleList(), {}
+        for stage, (width, n_heads, n_blocks, g) in enumerate(zip(dims, heads_of, depths, grids)):
+            options = dict(attention_options or {}, kind=attention, grid=(g, g),
+                           num_prefix_tokens=self.num_prefix_tokens)
+            for _ in range(n_blocks):
+                self.blocks.append(Block(width, n_heads, mlp_ratio, dropout, next(rates), options, norm_eps, binary,
+                                         attn_quant, multi_pool, residual_affine))
+                if attention == "linformer" and options.get("linformer_share") == "layers":
+                    options["shared_projection"] = self.blocks[0].attn.proj_k  # one matrix for every layer
+            if stage < len(dims) - 1:  # a pyramid: merge 2x2 patches into the next stage's tokens
+                self.merge_after[len(self.blocks) - 1] = stage
+                merge = BinaryMerge if binary and not fp_merge else PatchMerge
+                self.merges.append(merge(width, dims[stage + 1], (g, g), norm))
+        self.merge_pos = nn.ParameterList(nn.Parameter(torch.zeros(1, g * g // 4, w))
+                                          for w, g in zip(dims[1:], grids))
+        self.norm = norm(dims[-1])
+        self.head = nn.Linear(dims[-1], num_classes)
         self.head_dist = nn.Linear(dim, num_classes) if distill_token else None
-        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        for pos in (self.pos_embed, *self.merge_pos):
+            nn.init.trunc_normal_(pos, std=0.02)
         for token in (self.cls_token, self.dist_token):
             if token is not None:
                 nn.init.trunc_normal_(token, std=0.02)
         for m in self.modules():
-            if isinstance(m, nn.Linear):
+            if isinstance(m, nn.Linear):  # the binary linears too (BinaryViT's init)
                 nn.init.trunc_normal_(m.weight, std=0.02)
-                nn.init.zeros_(m.bias)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
 
     def embed(self, x):
         """Images (B, 3, H, W) to the first block's input tokens (B, T, D): patches, cls token, positions."""
@@ -135,8 +229,11 @@ class ViT(nn.Module):
 
     def forward(self, x):
         x = self.embed(x)
-        for block in self.blocks:
+        for i, block in enumerate(self.blocks):
             x = block(x)
+            if i in self.merge_after:  # --pyramid: the next stage's tokens, at half the grid
+                stage = self.merge_after[i]
+                x = self.merges[stage](x) + self.merge_pos[stage]
         x = self.norm(x)
         if self.dist_token is None:
             return self.head(x[:, 0] if self.pool == "cls" else x.mean(1))
@@ -204,6 +301,32 @@ def transfer_config(arch, depth, given):
     return out
 
 
+def check_binary_switches(model, transfer):
+    """BinaryViT's switches in a ViT's model section (attn_quant's default set for a binary one); ValueError naming
+    the flag that cannot apply."""
+    if model.get("binary"):
+        if model["attention"] != "full":
+            raise ValueError(f"--binary builds BinaryViT's attention: --attention full only "
+                             f"(got --attention {model['attention']})")
+        if int(model["dim"] * model["mlp_ratio"]) % model["dim"]:  # the MLP's shortcuts repeat and pool channels
+            raise ValueError(f"--binary needs a whole --mlp-ratio, its MLP's shortcut repeats the channels "
+                             f"(got {model['mlp_ratio']:g})")
+        model.setdefault("attn_quant", "binary")
+    elif "attn_quant" in model:
+        raise ValueError(f"--attn-quant {model['attn_quant']} applies to --binary ViTs")
+    if model.get("fp_merge") and not (model.get("pyramid") and model.get("binary")):
+        raise ValueError("--fp-merge keeps a binary pyramid's patch merging in full precision: give it with "
+                         "--pyramid and --binary")
+    if model.get("pyramid"):
+        for bad, flag in ((model["pool"] != "mean", f"--pool {model['pool']} (it has no cls token: --pool mean)"),
+                          (model["attention"] != "full", f"--attention {model['attention']} (full only)"),
+                          (model.get("distill_token"), "--distill token (no cls token)"),
+                          ("truncate" in transfer and transfer["truncate"], "--truncate (its stages are one whole)")):
+            if bad:
+                raise ValueError(f"--pyramid cannot take {flag}")
+        pyramid_stages(model["dim"], model["heads"], model["depth"], 8)  # the grid is checked when built
+
+
 def model_config(given):
     """The model section of a run's config from the options given (None: not given): the preset's sizes and the
     defaults filled in, only the options that apply to the architecture kept; ValueError for one that does not."""
@@ -213,14 +336,21 @@ def model_config(given):
     transfer = {k: given.get(k) for k in TRANSFER_KEYS}
     given = {k: v for k, v in given.items()
              if v is not None and v is not False and k != "arch" and k not in TRANSFER_KEYS}
+    if given.get("binary") and (arch in VIT_PRESETS or RESNET_PRESETS[arch]["base"] == "resnet18"):
+        if transfer["pretrained"]:
+            raise ValueError("--binary builds binary layers that ImageNet weights do not fit; drop --pretrained")
+    elif given.get("binary"):
+        resnet18s = [a for a, p in RESNET_PRESETS.items() if p["base"] == "resnet18"]
+        raise ValueError(f"--binary applies to the ViTs and {', '.join(resnet18s)}, not to --arch {arch}")
     if arch in RESNET_PRESETS:
-        vit_only = [k for k in given if k != "stages" and (k, given[k]) != ("attention", "full")]
+        vit_only = [k for k in given if k not in ("stages", "binary") and (k, given[k]) != ("attention", "full")]
         if vit_only:
             value = given[vit_only[0]]
             flag = option_flag(vit_only[0]) + ("" if value is True else f" {value}")
             raise ValueError(f"{flag} applies to ViTs, not to --arch {arch}")
         stages = given.get("stages", RESNET_PRESETS[arch]["stages"])
-        return dict(arch=arch, stages=stages, **transfer_config(arch, stages, transfer))
+        binary = dict(binary=True) if given.get("binary") else {}
+        return dict(arch=arch, stages=stages, **binary, **transfer_config(arch, stages, transfer))
     if "stages" in given:
         raise ValueError(f"--stages applies to ResNets, not to --arch {arch}")
     for name in ("depth", "dim", "heads", "patch_size"):
@@ -236,6 +366,7 @@ def model_config(given):
     if int(model["dim"] * model["mlp_ratio"]) < 1:  # Block's hidden width: an MLP of no unit is no MLP
         raise ValueError(f"--mlp-ratio {model['mlp_ratio']:g} gives the MLP of width {model['dim']} no hidden unit; "
                          f"allowed: at least 1/{model['dim']}")
+    check_binary_switches(model, transfer)
     chosen = {k: v for k, v in given.items() if k in ATTENTION_OPTIONS}
     # Heads that do not divide the width give no head width: Attention refuses them when the model is built.
     head_dim = model["dim"] // model["heads"] if model["dim"] % model["heads"] == 0 else None
@@ -244,13 +375,16 @@ def model_config(given):
 
 
 def build_model(arch, num_classes, image_size=32, backend="sdpa", **options):
-    """Any model by name, with the options of its model section (ResNets: stages; ViTs: sizes, pool, spt, dropout,
-    drop_path, attention and the attention options; the rest from the preset and VIT_DEFAULTS). truncate K keeps
-    the first K blocks or stages; the starting weights are not loaded here (transfer_state)."""
+    """Any model by name, with the options of its model section (ResNets: stages, binary; ViTs: sizes, pool, spt,
+    dropout, drop_path, attention and the attention options, BinaryViT's switches; the rest from the preset and
+    VIT_DEFAULTS). truncate K keeps the first K blocks or stages; the starting weights are not loaded here
+    (transfer_state)."""
     truncate = options.get("truncate")
     if arch in RESNET_PRESETS:
-        return resnet(RESNET_PRESETS[arch]["base"], num_classes, image_size,
-                      truncate or options.get("stages") or RESNET_PRESETS[arch]["stages"],
+        stages = truncate or options.get("stages") or RESNET_PRESETS[arch]["stages"]
+        if options.get("binary"):
+            return BinaryResNet(num_classes, image_size, stages)
+        return resnet(RESNET_PRESETS[arch]["base"], num_classes, image_size, stages,
                       imagenet_stem=options.get("pretrained") == "imagenet")
     if arch not in VIT_PRESETS:
         raise ValueError(f"unknown architecture '{arch}'; choose from {', '.join(ARCHS)}")

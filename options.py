@@ -53,6 +53,9 @@ RESNET_PRESETS = {
 ARCHS = list(VIT_PRESETS) + list(RESNET_PRESETS)
 # The ViT options every preset shares (its sizes are the preset's): the one home of their defaults.
 VIT_DEFAULTS = dict(pool="cls", spt=False, dropout=0.0, drop_path=0.1, attention="full")
+# --attn-quant: how a binary ViT's attention probabilities are quantised. binary: BinaryViT's default, {0, a} with a
+# learned a (BiT's quantiser); none: real-valued, as the authors' code keeps them when activations are not binary.
+ATTN_QUANTS = ["binary", "none"]
 DEFAULT_WEIGHTS = "IMAGENET1K_V1"  # --pretrained: torchvision's weights when --weights is not given
 
 
@@ -140,3 +143,10 @@ RECIPES = {name: dict(randaug=None if m is None else [2, float(m), 0.0], mixup=a
 RECIPES["deit"] = dict(opt="adamw", lr_per_512=5e-4, weight_decay=0.05, randaug=[2, 9.0, 0.5], mixup=0.8, cutmix=1.0,
                        mix_prob=1.0, switch_prob=0.5, random_erasing=0.25, repeated_aug=3, dropout=0.0, drop_path=0.1,
                        label_smoothing=0.1, ema=0.99996, grad_clip=0.0)
+# BinaryViT's recipe (Phuoc-Hoan-Le/BinaryViT scripts: AdamW at 5e-4 for a batch of 512, cosine, no warm-up, no
+# weight decay, dropout or stochastic depth, crop and flip only, label smoothing 0.1 as their main.py) with no gradient
+# clipping (their scripts set none); the cosine spans this lab's --epochs. --binary runs use it unless --recipe says
+# otherwise. With --teacher: their loss, the cross-entropy against the teacher's probabilities alone (BINARY_DISTILL).
+RECIPES["binary"] = dict(opt="adamw", lr_per_512=5e-4, weight_decay=0.0, warmup_epochs=0.0, dropout=0.0,
+                         drop_path=0.0, label_smoothing=0.1, grad_clip=0.0)
+BINARY_DISTILL = dict(distill="soft", distill_alpha=1.0, distill_tau=1.0)

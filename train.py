@@ -16,8 +16,9 @@ import tempfile
 import time
 
 # The command line is made from options.py alone, which imports no torch: see the check after recipe_flags.
-from options import (ARCHS, ATTENTION_OPTIONS, ATTENTIONS, CORRUPTION_NAMES, DATA_DEFAULTS, DATASETS, DEFAULT_WEIGHTS,
-                     OPTIM_DEFAULTS, OPTIMIZERS, RECIPES, REGIME_OPTIONS, REGIMES, RESIZE_MODES, SECTIONS,
+from options import (ARCHS, ATTENTION_OPTIONS, ATTENTIONS, ATTN_QUANTS, BINARY_DISTILL, CORRUPTION_NAMES,
+                     DATA_DEFAULTS, DATASETS, DEFAULT_WEIGHTS, OPTIM_DEFAULTS, OPTIMIZERS, RECIPES, REGIME_OPTIONS,
+                     REGIMES, RESIZE_MODES, SECTIONS,
                      SPARSE_FRACTION, SYNTHETIC_OPTIONS, TRAIN_CORRUPTION_OPTIONS, VIT_DEFAULTS, Parser, option_flag)
 
 # Fine-tuning (--init or --pretrained) defaults, after AugReg's transfer recipe: SGD with momentum for both
@@ -63,6 +64,17 @@ def model_flags(group):
     a("--drop-path", type=float, help="ViT: stochastic depth, rising linearly from 0 at the first block to this rate "
                                       f"at the last (default {VIT_DEFAULTS['drop_path']})")
     a("--stages", type=int, choices=[1, 2, 3, 4], help="ResNet: residual stages kept")
+    a = group("model", "binary networks (BinaryViT, ReActNet): --binary uses --recipe binary unless --recipe is given")
+    a("--binary", action="store_true", help="one-bit weights and activations: ViTs (BinaryViT's attention and MLP) "
+                                            "and the ResNet-18s (Bi-Real/ReActNet blocks); stem, embedding, head stay "
+                                            "full precision")
+    a("--attn-quant", choices=ATTN_QUANTS, help="--binary ViT: attention probabilities quantised to {0, a} (binary, "
+                                                "default) or kept real (none)")
+    a("--multi-pool", action="store_true", help="ViT: add 1x3, 3x1, 1x5, 5x1 average pools of the MLP's input")
+    a("--residual-affine", action="store_true", help="ViT: a learned scale (0.1) and bias before each residual add")
+    a("--pyramid", action="store_true", help="ViT: four stages joined by patch merging, grid halving, width "
+                                             "doubling from dim/4 (needs --pool mean; a grid divisible by 8)")
+    a("--fp-merge", action="store_true", help="--binary --pyramid: the patch merging in full precision")
     a = group("model", "starting weights (default: random; fine-tuning defaults then apply, see --lr)")
     a("--init", metavar="RUN_DIR", help="start from a finished run of this lab (or a checkpoint file): a new head "
                                         "if the classes differ, position embeddings resized to the grid")
@@ -199,6 +211,7 @@ import torch.nn.functional as F  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from attention import shown_options  # noqa: E402
+from binary import binary_weights  # noqa: E402
 from augment import RECIPE_KEYS, recipe_batch, recipe_draws  # noqa: E402
 from data import (augment, class_list_text, data_config, epoch_plan, normalize, rank_batches,  # noqa: E402
                   resize)
@@ -216,6 +229,8 @@ def resolve_config(args, sections, world=1):
     optim and a run section, each holding only what applies; ValueError naming the flag for a bad value."""
     given = {s: {k: getattr(args, k) for k in keys} for s, keys in sections.items()}
     check_numbers(given)
+    if given["model"]["binary"] and not given["optim"]["recipe"]:  # the authors' recipe is a binary run's default
+        given = dict(given, optim=dict(given["optim"], recipe="binary"))
     if given["optim"]["recipe"]:
         given = with_recipe(given)
     if given["optim"]["distill"] == "token":  # the distillation token is part of the model
@@ -259,6 +274,8 @@ def with_recipe(given):
     ViTs only, an AugReg weight decay for AdamW only, DeiT's lr scaled to the batch size)."""
     arch, optim = given["model"]["arch"], given["optim"]
     preset = dict(RECIPES[optim["recipe"]])
+    if optim["recipe"] == "binary" and optim["teacher"]:  # BinaryViT distils with the teacher's probabilities alone
+        preset |= BINARY_DISTILL
     if "lr_per_512" in preset:  # DeiT's linear scaling rule
         preset["lr"] = preset.pop("lr_per_512") * optim["batch_size"] / 512
     opt = optim["opt"] or preset.get("opt") or ("sgd" if arch in RESNET_PRESETS or given["model"]["init"]
@@ -403,6 +420,16 @@ def attention_tag(model):
     return tag + ("-spt" if model.get("spt") else "")
 
 
+BINARY_TAGS = (("binary", "-bin"), ("pool", "-gap"), ("multi_pool", "-mp"), ("residual_affine", "-ra"),
+               ("pyramid", "-pyr"), ("fp_merge", "-fpm"))  # model key: its tag in a run name
+
+
+def binary_tag(model):
+    """BinaryViT's switches in a run name: -bin, -gap (--pool mean), -mp, -ra, -pyr, -fpm, -aqnone."""
+    tag = "".join(t for key, t in BINARY_TAGS if model.get(key) and model[key] != "cls")
+    return tag + ("-aqnone" if model.get("attn_quant") == "none" else "")
+
+
 def start_tag(model, data, optim):
     """The starting point and what of it trains, in a run name: -from-<source run>, -in1k[-<weights>], -k<K>,
     -probe, -ld<D>, -<N>px."""
@@ -443,7 +470,7 @@ def recipe_tag(optim):
 def default_out(model, data, optim, seed):
     """runs/<arch>[<attention>][<start>][<recipe>][-t<budget>s]-<regime>[<its parameter>]-<dataset>[-c<classes>]
     -s<seed>: distinct across a sweep."""
-    arch = model["arch"] + attention_tag(model) + start_tag(model, data, optim) + recipe_tag(optim)
+    arch = model["arch"] + binary_tag(model) + attention_tag(model) + start_tag(model, data, optim) + recipe_tag(optim)
     arch += f"-t{optim['time_budget']:g}s" if "time_budget" in optim else ""
     regime = data["regime"]
     if regime == "sparse":
@@ -526,14 +553,17 @@ def layer_lr_scale(name, depth, decay):
 
 
 def make_optimizer(model, optim):
-    """AdamW or Nesterov SGD over the parameters that train (not a frozen backbone's); biases, norms, cls token and
-    position embedding get no weight decay; each group's lr_scale (--layer-decay, else 1) multiplies the lr."""
+    """AdamW or Nesterov SGD over the parameters that train (not a frozen backbone's); biases, norms, cls token,
+    position embeddings and binary weights (BinaryViT's, ReActNet's) get no weight decay; each group's lr_scale
+    (--layer-decay, else 1) multiplies the lr."""
     groups = {(1.0, True): [], (1.0, False): []}  # (lr scale, weight decay): decaying first
+    binary = {id(w) for w in binary_weights(model)}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         scale = layer_lr_scale(name, len(model.blocks), optim["layer_decay"]) if "layer_decay" in optim else 1.0
-        decay = not (p.ndim <= 1 or name in ("pos_embed", "cls_token", "dist_token"))
+        decay = not (p.ndim <= 1 or name in ("pos_embed", "cls_token", "dist_token") or id(p) in binary
+                     or name.startswith("merge_pos."))
         groups.setdefault((scale, decay), []).append(p)
     groups = [dict(params=params, weight_decay=optim["weight_decay"] if decay else 0.0, lr_scale=scale)
               for (scale, decay), params in sorted(groups.items(), key=lambda g: (not g[0][1], -g[0][0])) if params

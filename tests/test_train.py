@@ -144,7 +144,9 @@ def test_compiled_steps_train_like_the_plain_module_and_save_it(tmp_path, monkey
 
 @pytest.mark.slow
 @pytest.mark.parametrize("extra", [["--attention", "performer", "--redraw-interval", "5"],
-                                   ["--recipe", "deit", "--ema", "0.9"]], ids=["performer", "deit-recipe"])
+                                   ["--recipe", "deit", "--ema", "0.9"],
+                                   ["--binary", "--pool", "mean", "--multi-pool", "--residual-affine"]],
+                         ids=["performer", "deit-recipe", "binary"])
 def test_interrupted_run_resumes_to_the_same_result(tmp_path, extra):  # a plain run: test_kill_9_anywhere_...
     # The performer's features and redraw count come back from the checkpoint, so it resumes exactly too; so do
     # a recipe's draws (RandAugment, erasing, mixing, repeated augmentation) and the EMA weights.
