@@ -225,8 +225,8 @@ class BinaryMerge(nn.Module):
 # ----------------------------------------------------------------------------- binary ResNet-18
 
 class BinaryConvUnit(nn.Module):
-    """Bi-Real / ReActNet: binary 3x3 conv (its input shifted: RSign), BatchNorm, plus a real-valued shortcut (identity, or
-    average pool, 1x1 conv and BatchNorm where the shape changes), RPReLU."""
+    """Bi-Real / ReActNet: binary 3x3 conv (its input shifted: RSign), BatchNorm, plus a real-valued shortcut
+    (identity, or average pool, 1x1 conv and BatchNorm where the shape changes), RPReLU."""
 
     def __init__(self, c_in, c_out, stride):
         super().__init__()
