@@ -1,9 +1,12 @@
 """binary.py's bit-packed XNOR-popcount layers against the float simulation, bit for bit; evaluate.py bench-binary."""
+import json
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 import binary
+import evaluate
 from binary import (POPCOUNT, POPCOUNT16, BinaryConv2d, BinaryLinear, binary_weight, pack_signs, packed_conv2d,
                     packed_linear, sign_pm1)
 
@@ -58,3 +61,45 @@ def test_chunks_of_a_few_rows_give_the_same_result(monkeypatch):
     whole = packed_conv2d(x, pack_signs(signs.flatten(1)), scale, 3, 1, 1)
     monkeypatch.setattr(binary, "CHUNK_BYTES", 7)  # one row of 25 * 3 per chunk: 75 chunks
     assert torch.equal(packed_conv2d(x, pack_signs(signs.flatten(1)), scale, 3, 1, 1), whole)
+
+
+def test_bench_binary_times_exact_rows_and_counts_their_bops(tmp_path):
+    out = tmp_path / "bench.json"
+    assert evaluate.main(["bench-binary", "--sizes", "linear13,conv3@5", "--tokens", "4", "--batch-size", "2",
+                          "--warmup", "0", "--repeats", "2", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["benchmark"] == "binary" and report["threads"] >= 1 and report["settings"]["tokens"] == 4
+    rows = {r["layer"]: r for r in report["results"]}
+    assert list(rows) == ["linear13", "conv3@5"] and all(r["exact"] is True for r in rows.values())
+    assert rows["linear13"]["bops"] == 4 * 13 * 13 and rows["conv3@5"]["bops"] == 2 * 3 * 5 * 5 * 3 * 9  # by hand
+    for r in rows.values():
+        for key in ("float_ms", "binary_sim_ms", "packed_ms"):
+            assert r[key]["repeats"] == 2 and 0 < r[key]["min"] <= r[key]["median"]
+        assert r["packed_over_float"] == pytest.approx(r["packed_ms"]["median"] / r["float_ms"]["median"])
+
+
+def test_bench_binary_stops_with_exit_1_where_packed_is_not_exact(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "bench.json"
+    monkeypatch.setattr(evaluate, "packed_linear", lambda *args: binary.packed_linear(*args) + 1)
+    assert evaluate.main(["bench-binary", "--sizes", "linear8,linear16", "--tokens", "2", "--out", str(out)]) == 1
+    assert "linear8: the packed result differs from the float simulation" in capsys.readouterr().err
+    rows = json.loads(out.read_text())["results"]
+    assert len(rows) == 1 and rows[0]["exact"] is False and "packed_ms" not in rows[0]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--sizes", "linear64,conv"], "--sizes: bad 'conv'; each is linear<features> (e.g. linear512) or "
+                                   "conv<channels>@<side> (e.g. conv128@16)"),
+    (["--sizes", "linear0"], "--sizes: bad 'linear0'"),
+    (["--sizes", "conv64@0"], "--sizes: bad 'conv64@0'"),
+    (["--sizes", "linear64,"], "--sizes: bad ''"),
+    (["--repeats", "0"], "--repeats 0 must be at least 1"),
+    (["--warmup", "-1"], "--warmup -1 must be at least 0"),
+    (["--tokens", "x"], "--tokens: invalid int value: 'x'"),
+])
+def test_bench_binary_bad_input_exits_2_in_one_line(tmp_path, capsys, argv, message):
+    with pytest.raises(SystemExit) as e:
+        evaluate.main(["bench-binary", *argv, "--out", str(tmp_path / "b.json")])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and err.startswith("evaluate.py bench-binary: error: ") and message in err
+    assert len(err.splitlines()) == 1 and not (tmp_path / "b.json").exists()
