@@ -1149,30 +1149,12 @@ def bench_binary_one(kind, width, side, a):
     return row
 
 
-def bench_binary(argv):
-    """python evaluate.py bench-binary: CPU ms of bit-packed XNOR-popcount layers against the float layer and the
-    binary layer's float simulation of the same shape, after checking the packed result exact; writes JSON."""
-    prog = "evaluate.py bench-binary"
-    p = Parser(prog=prog, description="CPU latency of bit-packed binary layers against float layers.")
-    p.add_argument("--sizes", default=BINARY_SIZES, help="comma-separated linear<features> (features -> features) "
-                                                         f"and conv<channels>@<side> (3x3) (default {BINARY_SIZES})")
-    p.add_argument("--tokens", type=int, default=256, help="rows of a linear layer's input (default 256)")
-    p.add_argument("--batch-size", type=int, default=4, help="images of a conv layer's input (default 4)")
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=10)
-    p.add_argument("--out", default="bench-binary.json", help="JSON file to write (default: bench-binary.json)")
-    a = p.parse_args(argv)
-    try:
-        sizes = binary_sizes(a.sizes)
-        for flag, value, low in (("--tokens", a.tokens, 1), ("--batch-size", a.batch_size, 1),
-                                 ("--repeats", a.repeats, 1), ("--warmup", a.warmup, 0)):
-            if value < low:
-                raise ValueError(f"{flag} {value} must be at least {low}")
-    except ValueError as e:
-        fail(e, prog)
-    cpu = torch.device("cpu")
-    report = dict(benchmark="binary", device=device_name(cpu), threads=torch.get_num_threads(), settings=vars(a),
-                  versions=versions(), git_commit=git_commit(), command=" ".join(sys.argv), results=[])
+def binary_rows(sizes, a, prog):
+    """bench-binary's rows, each printed and written as it comes; 1 at the first row whose packed result is not
+    the simulation's."""
+    report = dict(benchmark="binary", device=device_name(torch.device("cpu")), threads=torch.get_num_threads(),
+                  settings=vars(a), versions=versions(), git_commit=git_commit(), command=" ".join(sys.argv),
+                  results=[])
     print(f"{'layer':12s} {'input':>16s} {'bops':>10s} {'float ms':>9s} {'sim ms':>9s} {'packed ms':>10s} "
           f"{'packed/float':>12s} {'packed/sim':>10s}  exact", flush=True)
     for size in sizes:
@@ -1189,6 +1171,34 @@ def bench_binary(argv):
     print(f"wrote {a.out}")
     return 0
 
+
+def bench_binary(argv):
+    """python evaluate.py bench-binary: CPU ms of bit-packed XNOR-popcount layers against the float layer and the
+    binary layer's float simulation of the same shape, after checking the packed result exact; writes JSON."""
+    prog, threads = "evaluate.py bench-binary", torch.get_num_threads()
+    p = Parser(prog=prog, description="CPU latency of bit-packed binary layers against float layers.")
+    p.add_argument("--sizes", default=BINARY_SIZES, help="comma-separated linear<features> (features -> features) "
+                                                         f"and conv<channels>@<side> (3x3) (default {BINARY_SIZES})")
+    p.add_argument("--tokens", type=int, default=256, help="rows of a linear layer's input (default 256)")
+    p.add_argument("--batch-size", type=int, default=4, help="images of a conv layer's input (default 4)")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--threads", type=int, default=threads, help=f"torch's CPU threads (default {threads}, its own)")
+    p.add_argument("--out", default="bench-binary.json", help="JSON file to write (default: bench-binary.json)")
+    a = p.parse_args(argv)
+    try:
+        sizes = binary_sizes(a.sizes)
+        for flag, value, low in (("--tokens", a.tokens, 1), ("--batch-size", a.batch_size, 1),
+                                 ("--repeats", a.repeats, 1), ("--threads", a.threads, 1), ("--warmup", a.warmup, 0)):
+            if value < low:
+                raise ValueError(f"{flag} {value} must be at least {low}")
+    except ValueError as e:
+        fail(e, prog)
+    torch.set_num_threads(a.threads)
+    try:
+        return binary_rows(sizes, a, prog)
+    finally:
+        torch.set_num_threads(threads)  # a caller in this process (the tests) keeps its own
 
 def evaluate_run(run_dir, device_flag, data_dir):
     """final.json's numbers for a run folder's checkpoint, on its own data; ValueError for a bad folder or flag."""

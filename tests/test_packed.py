@@ -65,10 +65,12 @@ def test_chunks_of_a_few_rows_give_the_same_result(monkeypatch):
 
 def test_bench_binary_times_exact_rows_and_counts_their_bops(tmp_path):
     out = tmp_path / "bench.json"
+    threads = torch.get_num_threads()
     assert evaluate.main(["bench-binary", "--sizes", "linear13,conv3@5", "--tokens", "4", "--batch-size", "2",
-                          "--warmup", "0", "--repeats", "2", "--out", str(out)]) == 0
+                          "--warmup", "0", "--repeats", "2", "--threads", "1", "--out", str(out)]) == 0
+    assert torch.get_num_threads() == threads  # set for the benchmark only
     report = json.loads(out.read_text())
-    assert report["benchmark"] == "binary" and report["threads"] >= 1 and report["settings"]["tokens"] == 4
+    assert report["benchmark"] == "binary" and report["threads"] == 1 and report["settings"]["tokens"] == 4
     rows = {r["layer"]: r for r in report["results"]}
     assert list(rows) == ["linear13", "conv3@5"] and all(r["exact"] is True for r in rows.values())
     assert rows["linear13"]["bops"] == 4 * 13 * 13 and rows["conv3@5"]["bops"] == 2 * 3 * 5 * 5 * 3 * 9  # by hand
@@ -95,6 +97,7 @@ def test_bench_binary_stops_with_exit_1_where_packed_is_not_exact(tmp_path, monk
     (["--sizes", "linear64,"], "--sizes: bad ''"),
     (["--repeats", "0"], "--repeats 0 must be at least 1"),
     (["--warmup", "-1"], "--warmup -1 must be at least 0"),
+    (["--threads", "0"], "--threads 0 must be at least 1"),
     (["--tokens", "x"], "--tokens: invalid int value: 'x'"),
 ])
 def test_bench_binary_bad_input_exits_2_in_one_line(tmp_path, capsys, argv, message):
