@@ -297,3 +297,70 @@ def model_bits(model):
     binary_ids = {id(w) for w in binary}
     real = sum(p.numel() for p in model.parameters() if id(p) not in binary_ids)
     return sum(w.numel() for w in binary) + 32 * (real + sum(w.shape[0] for w in binary))
+
+
+# ----------------------------------------------------------------------------- bit-packed XNOR-popcount layers
+
+# A +-1 dot product of k terms is k - 2 * (the places where the signs differ): with signs as bits (1 for +1), that
+# is k - 2 * popcount(x XOR w). torch has no popcount, so a byte table looks it up (two bytes at a time, a
+# 65536-entry table, where a row's byte count is even: half the lookups). Only integer ops until the scale.
+BIT_VALUES = torch.tensor([128, 64, 32, 16, 8, 4, 2, 1], dtype=torch.uint8)  # first element in the high bit
+POPCOUNT = sum((torch.arange(256) >> b) & 1 for b in range(8)).to(torch.uint8)  # set bits of each byte
+POPCOUNT16 = (POPCOUNT[:, None] + POPCOUNT[None, :]).flatten()  # of each 16-bit word, whatever the byte order
+CHUNK_BYTES = 2 ** 22  # the (rows, out, bytes) XOR of one chunk: its int64 lookup indices take 8x this
+
+
+def pack_bits(bits):
+    """A bool tensor's last dim packed 8 to a uint8 byte, first element in the high bit (numpy.packbits' order),
+    padded with zero bits to a multiple of 8."""
+    bits = F.pad(bits.to(torch.uint8), (0, -bits.shape[-1] % 8))
+    return (bits.unflatten(-1, (-1, 8)) * BIT_VALUES).sum(-1, dtype=torch.uint8)
+
+
+def pack_signs(x):
+    """x's last dim as sign bits, 1 where sign_pm1 gives +1 (the sign bit clear: +0 yes, -0 no), packed to uint8."""
+    return pack_bits(~torch.signbit(x))
+
+
+def popcount(v):
+    """Set bits of each row of uint8 bytes (last dim), as int32."""
+    if v.shape[-1] % 2 == 0:
+        return POPCOUNT16.take(v.view(torch.uint16).long()).sum(-1, dtype=torch.int32)
+    return POPCOUNT.take(v.long()).sum(-1, dtype=torch.int32)
+
+
+def xor_popcount(a, w, valid=None):
+    """popcount(a_i XOR w_j), AND valid_i where given, for every row i of a and j of w (uint8 rows of one width):
+    int32 (rows of a, rows of w), in chunks of a's rows so the memory stays near CHUNK_BYTES whatever the batch."""
+    step = max(1, CHUNK_BYTES // w.numel())
+    counts = []
+    for i in range(0, a.shape[0], step):
+        x = a[i:i + step, None] ^ w
+        if valid is not None:
+            x &= valid[i:i + step, None]
+        counts.append(popcount(x))
+    return torch.cat(counts)
+
+
+def packed_linear(x_bits, w_bits, k, scale):
+    """BinaryLinear's output from packed signs: x_bits (..., bytes) = pack_signs(x), w_bits (out, bytes) =
+    pack_signs(signs), k the features, scale (out,): scale * (k - 2 * popcount(x XOR w)). Padding bits are 0 in both
+    operands, so their XOR adds nothing."""
+    dots = k - 2 * xor_popcount(x_bits.reshape(-1, x_bits.shape[-1]), w_bits)
+    return (dots.to(scale.dtype) * scale.view(-1)).view(*x_bits.shape[:-1], -1)
+
+
+def packed_conv2d(x, w_bits, scale, kernel_size=3, stride=1, padding=0):
+    """BinaryConv2d's output from packed weight signs (w_bits = pack_signs(signs.flatten(1)), scale (out,)): x's
+    patches unfolded and packed. Zero padding is a third value no bit holds, so a packed mask of the taps inside the
+    image drops it: scale * (taps inside - 2 * popcount((x XOR w) AND inside)), F.conv2d's result exactly."""
+    B, C, H, W = x.shape
+    # pack_signs binarises: the unfolded zeros of the padding become +1 bits, which the mask then drops
+    patches = F.unfold(x, kernel_size, padding=padding, stride=stride).transpose(1, 2)  # B, L, C*k*k (channel-major)
+    inside = F.unfold(x.new_ones(1, 1, H, W), kernel_size, padding=padding, stride=stride)[0].T.repeat(1, C) > 0
+    L = inside.shape[0]
+    taps = inside.sum(1, dtype=torch.int32).repeat(B)
+    dots = taps[:, None] - 2 * xor_popcount(pack_signs(patches).flatten(0, 1), w_bits, pack_bits(inside).repeat(B, 1))
+    out = (dots.to(scale.dtype) * scale.view(-1)).view(B, L, -1).transpose(1, 2)
+    side = lambda n: (n + 2 * padding - kernel_size) // stride + 1
+    return out.reshape(B, -1, side(H), side(W))

@@ -1,11 +1,12 @@
-"""Run folders, metrics and the benchmarks (attention cost, input pipeline): what train.py and a re-evaluation
-share.
+"""Run folders, metrics and the benchmarks (attention cost, input pipeline, training step, binary layers):
+what train.py and a re-evaluation share.
 
     python evaluate.py RUN_DIR                 # re-evaluate a run's checkpoint
     python evaluate.py bench-attention --out bench-attention.json
     python evaluate.py bench-data --data-dir data --out bench-data.json
+    python evaluate.py bench-binary --out bench-binary.json
 
-Imports run one way: model, attention and data <- evaluate <- train.
+Imports run one way: model, attention, data and binary <- evaluate <- train.
 """
 import contextlib
 import errno
@@ -14,6 +15,7 @@ import json
 import os
 import pickle
 import platform
+import re
 import signal
 import statistics
 import subprocess
@@ -32,7 +34,8 @@ from torchvision.transforms import v2
 from attention import (ATTENTIONS, WINDOWED, Attention, attention_options, flex_attention, flex_block_mask,
                        local_attention_mask)
 from augment import RECIPE_KEYS, recipe_batch, recipe_draws
-from binary import binary_macs, is_binary, model_bits
+from binary import (BinaryConv2d, BinaryLinear, binary_macs, binary_weight, is_binary, model_bits,
+                    pack_signs, packed_conv2d, packed_linear)
 from data import (augment, build_data, channel_stats, class_list_text, corrupt, dataset_shape, epoch_plan,
                   load_dataset, normalize, rank_batches)
 from model import RESNET_PRESETS, ViT, build_model, count_params, imagenet_state, transfer_state
@@ -1112,6 +1115,110 @@ def bench_train(argv):
     return 0
 
 
+# ----------------------------------------------------------------------------- binary layers' CPU latency
+
+BINARY_SIZES = "linear256,linear512,linear1024,linear2048,conv64@32,conv128@16,conv256@8"  # ResNet-18's stages
+
+
+def binary_sizes(text):
+    """bench-binary's --sizes: [(kind, width, side)] from linear<features> and conv<channels>@<side>; ValueError."""
+    sizes = []
+    for item in text.split(","):
+        m = re.fullmatch(r"linear([0-9]+)|conv([0-9]+)@([0-9]+)", item)
+        if not m or min(int(g) for g in m.groups() if g) < 1:
+            raise ValueError(f"--sizes: bad '{item}'; each is linear<features> (e.g. linear512) or "
+                             f"conv<channels>@<side> (e.g. conv128@16), numbers at least 1")
+        sizes.append(("linear", int(m[1]), None) if m[1] else ("conv", int(m[2]), int(m[3])))
+    return sizes
+
+
+def binary_layer(kind, width, side, a):
+    """One size's three forwards on the same weights and input: the float layer, the binary layer's float
+    simulation and the packed path (weights packed here, once; the input packed inside the call)."""
+    torch.manual_seed(0)
+    if kind == "linear":  # width -> width on a.tokens rows
+        layer, x = BinaryLinear(width, width), torch.randn(a.tokens, width)
+        float_layer = lambda: F.linear(x, layer.weight)
+    else:  # 3x3, stride 1, zero padding 1: a ResNet-18 stage's conv
+        layer, x = BinaryConv2d(width, width, 3, padding=1), torch.randn(a.batch_size, width, side, side)
+        float_layer = lambda: F.conv2d(x, layer.weight, None, 1, 1)
+    signs, scale = binary_weight(layer.weight)
+    w_bits, shift = pack_signs(signs.flatten(1)), layer.shift.detach()  # the layer's input shift (RSign)
+    if kind == "linear":
+        packed = lambda: packed_linear(pack_signs(x + shift), w_bits, width, scale)
+    else:
+        packed = lambda: packed_conv2d(x + shift, w_bits, scale, 3, 1, 1)
+    return layer, x, {"float": float_layer, "binary_sim": lambda: layer(x), "packed": packed}
+
+
+@torch.no_grad()
+def bench_binary_one(kind, width, side, a):
+    """One size: exactness of the packed result against the simulation, then each forward's CPU ms and the ratios."""
+    layer, x, forwards = binary_layer(kind, width, side, a)
+    simulated = forwards["binary_sim"]()
+    cpu = torch.device("cpu")
+    row = dict(layer=f"{kind}{width}" + (f"@{side}" if side else ""), kind=kind, input_shape=list(x.shape),
+               bops=binary_macs(layer, (x,), simulated), exact=torch.equal(forwards["packed"](), simulated))
+    if row["exact"]:
+        for name, fn in forwards.items():
+            row[f"{name}_ms"] = time_call(fn, cpu, a.warmup, a.repeats)[0]
+        ms = {name: row[f"{name}_ms"]["median"] for name in forwards}
+        row |= dict(packed_over_float=ms["packed"] / ms["float"], packed_over_sim=ms["packed"] / ms["binary_sim"],
+                    float_gmacs=row["bops"] / ms["float"] / 1e6, packed_gbops=row["bops"] / ms["packed"] / 1e6)
+    return row
+
+
+def binary_rows(sizes, a, prog):
+    """bench-binary's rows, each printed and written as it comes; 1 at the first row whose packed result is not
+    the simulation's."""
+    report = dict(benchmark="binary", device=device_name(torch.device("cpu")), threads=torch.get_num_threads(),
+                  settings=vars(a), versions=versions(), git_commit=git_commit(), command=" ".join(sys.argv),
+                  results=[])
+    print(f"{'layer':12s} {'input':>16s} {'bops':>10s} {'float ms':>9s} {'sim ms':>9s} {'packed ms':>10s} "
+          f"{'packed/float':>12s} {'packed/sim':>10s}  exact", flush=True)
+    for size in sizes:
+        row = bench_binary_one(*size, a)
+        report["results"].append(row)
+        write_json(a.out, report)  # after every row: an interrupted benchmark keeps what it measured
+        if not row["exact"]:
+            print(f"{prog}: {row['layer']}: the packed result differs from the float simulation", file=sys.stderr)
+            return 1
+        print(f"{row['layer']:12s} {'x'.join(map(str, row['input_shape'])):>16s} {row['bops']:10.3g} "
+              f"{row['float_ms']['median']:9.2f} {row['binary_sim_ms']['median']:9.2f} "
+              f"{row['packed_ms']['median']:10.2f} {row['packed_over_float']:12.1f} {row['packed_over_sim']:10.1f}  "
+              "true", flush=True)
+    print(f"wrote {a.out}")
+    return 0
+
+
+def bench_binary(argv):
+    """python evaluate.py bench-binary: CPU ms of bit-packed XNOR-popcount layers against the float layer and the
+    binary layer's float simulation of the same shape, after checking the packed result exact; writes JSON."""
+    prog, threads = "evaluate.py bench-binary", torch.get_num_threads()
+    p = Parser(prog=prog, description="CPU latency of bit-packed binary layers against float layers.")
+    p.add_argument("--sizes", default=BINARY_SIZES, help="comma-separated linear<features> (features -> features) "
+                                                         f"and conv<channels>@<side> (3x3) (default {BINARY_SIZES})")
+    p.add_argument("--tokens", type=int, default=256, help="rows of a linear layer's input (default 256)")
+    p.add_argument("--batch-size", type=int, default=4, help="images of a conv layer's input (default 4)")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--threads", type=int, default=threads, help=f"torch's CPU threads (default {threads}, its own)")
+    p.add_argument("--out", default="bench-binary.json", help="JSON file to write (default: bench-binary.json)")
+    a = p.parse_args(argv)
+    try:
+        sizes = binary_sizes(a.sizes)
+        for flag, value, low in (("--tokens", a.tokens, 1), ("--batch-size", a.batch_size, 1),
+                                 ("--repeats", a.repeats, 1), ("--threads", a.threads, 1), ("--warmup", a.warmup, 0)):
+            if value < low:
+                raise ValueError(f"{flag} {value} must be at least {low}")
+    except ValueError as e:
+        fail(e, prog)
+    torch.set_num_threads(a.threads)
+    try:
+        return binary_rows(sizes, a, prog)
+    finally:
+        torch.set_num_threads(threads)  # a caller in this process (the tests) keeps its own
+
 def evaluate_run(run_dir, device_flag, data_dir):
     """final.json's numbers for a run folder's checkpoint, on its own data; ValueError for a bad folder or flag."""
     ckpt_path = os.path.join(run_dir, "checkpoint.pt")
@@ -1132,7 +1239,7 @@ def evaluate_run(run_dir, device_flag, data_dir):
 
 def main(argv=None):
     """Re-evaluate a run folder's checkpoint on its own data and print the metrics as JSON (or: bench-attention,
-    bench-data)."""
+    bench-data, bench-train, bench-binary)."""
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["bench-attention"]:
         return bench_attention(argv[1:])
@@ -1140,6 +1247,8 @@ def main(argv=None):
         return bench_data(argv[1:])
     if argv[:1] == ["bench-train"]:
         return bench_train(argv[1:])
+    if argv[:1] == ["bench-binary"]:
+        return bench_binary(argv[1:])
     p = Parser(prog="evaluate.py", description="Evaluate a run folder's checkpoint (test metrics, cost, corruptions).")
     p.add_argument("run_dir", help="a run folder written by train.py (config.json + checkpoint.pt)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
