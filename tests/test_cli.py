@@ -197,9 +197,9 @@ def test_numbers_no_range_check_refused_are_refused_in_one_line(extra, message, 
 
 def test_a_model_key_of_another_version_is_still_named_so():
     # build_run_model tells torch's errors about sizes apart from a key that this code does not know.
-    cfg = dict(model=dict(arch="vit", depth=1, dim=16, heads=2, patch_size=4, binary=True),
+    cfg = dict(model=dict(arch="vit", depth=1, dim=16, heads=2, patch_size=4, ternary=True),
                data=dict(dataset="synthetic", synthetic_size=16), run=dict(seed=0))
-    with pytest.raises(ValueError, match="the model section of this config does not fit this code .*'binary'"):
+    with pytest.raises(ValueError, match="the model section of this config does not fit this code .*'ternary'"):
         evaluate.build_run_model(cfg)
 
 
