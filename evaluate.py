@@ -11,6 +11,7 @@ Imports run one way: model, attention, data and binary <- evaluate <- train.
 import contextlib
 import errno
 import functools
+import itertools
 import json
 import os
 import pickle
@@ -1030,13 +1031,13 @@ def train_step_parts(model, arch, a, device):
     return dict(data=data, forward=forward, backward=backward, optimizer=optimizer)
 
 
-def bench_train_one(arch, compiled, a, device):
-    """One model's training step: images/s over whole steps, the median ms of each part (timed apart, with a
-    synchronisation between parts), the counted training FLOPs and the MFU."""
+def bench_train_one(arch, compiled, a, device, binary=False):
+    """One model's training step (binary: its --binary twin): images/s over whole steps, the median ms of each part
+    (timed apart, with a synchronisation between parts), the counted training FLOPs and the MFU."""
     torch.manual_seed(0)
     torch._dynamo.reset()
     model = timm_vit("vit", a.img_size) if arch == "timm-vit" else build_model(arch=arch, num_classes=10,
-                                                                                image_size=a.img_size)
+                                                                                image_size=a.img_size, binary=binary)
     model = device_layout(model.to(device), arch, device).train()
     flops = count_flops(model, torch.zeros(2, 3, a.img_size, a.img_size, device=device), backward=True) / 2
     net = torch.compile(model) if compiled else model
@@ -1056,7 +1057,7 @@ def bench_train_one(arch, compiled, a, device):
     split = {name: statistics.median(ms) for name, ms in split.items()}
     images_per_s = a.batch_size / whole * 1000
     peak = peak_tflops(device, device.type == "cuda" and not a.no_amp, a.peak_tflops)
-    return dict(model=arch, compile=compiled, params=count_params(model), batch_size=a.batch_size,
+    return dict(model=arch, compile=compiled, binary=binary, params=count_params(model), batch_size=a.batch_size,
                 images_per_s=images_per_s, step_ms=whole, split_ms=split,
                 split_share={k: v / sum(split.values()) for k, v in split.items()}, train_flops_per_image=flops,
                 tflops=flops * images_per_s / 1e12, peak_tflops=peak, mfu=mfu(flops * images_per_s, 1.0, peak))
@@ -1078,6 +1079,8 @@ def bench_train(argv):
                    help=f"comma-separated: {', '.join(models)} (timm-vit: timm's ViT with the vit preset's dims; "
                         "default vit,timm-vit,vit-11m,resnet18)")
     p.add_argument("--compile", default="off,on", help="off, on, or both (default off,on)")
+    p.add_argument("--binary", default="off", help="off, on, or both: each model in full precision and/or as its "
+                                                   "--binary twin (ViTs, ResNet-18s), and the step ratio (default off)")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--img-size", type=int, default=32)
     p.add_argument("--steps", type=int, default=10, help="timed steps (default 10)")
@@ -1091,6 +1094,10 @@ def bench_train(argv):
     try:
         chosen = bench_list("--models", a.models, models)
         modes = [m == "on" for m in bench_list("--compile", a.compile, ["off", "on"])]
+        binaries = [m == "on" for m in bench_list("--binary", a.binary, ["off", "on"])]
+        cannot = [m for m in chosen if True in binaries and m not in VIT_PRESETS and not m.startswith("resnet18")]
+        if cannot:
+            raise ValueError(f"--binary on: {', '.join(cannot)} has no binary twin (the ViTs and ResNet-18s do)")
         if min(a.batch_size, a.img_size, a.steps, a.warmup + 1) < 1 or (a.peak_tflops or 1) <= 0:
             raise ValueError("--batch-size, --img-size and --steps must be at least 1, --warmup at least 0, "
                              "--peak-tflops positive")
@@ -1104,13 +1111,17 @@ def bench_train(argv):
         if arch == "timm-vit" and timm_vit("vit", a.img_size) is None:
             print("timm-vit skipped: timm is not installed (pip install timm)", flush=True)
             continue
-        for compiled in modes:
-            row = bench_train_one(arch, compiled, a, device)
+        for compiled, binary in itertools.product(modes, binaries):
+            row = bench_train_one(arch, compiled, a, device, binary)
+            twin = [r for r in report["results"] if (r["model"], r["compile"], r["binary"]) == (arch, compiled, False)]
+            if binary and twin:  # the issue's bound: a binary step costs at most 2x its full-precision twin's
+                row["step_vs_full_precision"] = row["step_ms"] / twin[0]["step_ms"]
             report["results"].append(row)
             write_json(a.out, report)  # after every row: an interrupted benchmark keeps what it measured
             split = " ".join(f"{k} {100 * v:.0f}%" for k, v in row["split_share"].items())
-            print(f"{arch:10s} compile {'on ' if compiled else 'off'} {row['images_per_s']:9.0f} images/s  "
-                  f"{row['tflops']:.3f} TFLOP/s  {split}", flush=True)
+            ratio = f"  {row['step_vs_full_precision']:.2f}x its twin's step" if "step_vs_full_precision" in row else ""
+            print(f"{arch:10s} compile {'on ' if compiled else 'off'} binary {'on ' if binary else 'off'} "
+                  f"{row['images_per_s']:9.0f} images/s  {row['tflops']:.3f} TFLOP/s  {split}{ratio}", flush=True)
     print(f"wrote {a.out}")
     return 0
 

@@ -156,8 +156,23 @@ def test_bench_train_splits_the_step_and_counts_its_flops(tmp_path, monkeypatch,
     assert rows["vit-shallow1"]["train_flops_per_image"] == 3 * forward - 2 * patch
 
 
+def test_bench_train_times_each_binary_twin_against_its_full_precision_model(tmp_path):
+    out = tmp_path / "bench.json"
+    assert evaluate.main(["bench-train", "--models", "vit-shallow1,resnet18-shallow", "--compile", "off", "--binary",
+                          "off,on", "--img-size", "16", "--batch-size", "4", "--steps", "2", "--warmup", "1",
+                          "--device", "cpu", "--out", str(out)]) == 0
+    rows = {(r["model"], r["binary"]): r for r in json.loads(out.read_text())["results"]}
+    assert list(rows) == [("vit-shallow1", False), ("vit-shallow1", True), ("resnet18-shallow", False),
+                          ("resnet18-shallow", True)]
+    for arch in ("vit-shallow1", "resnet18-shallow"):
+        fp, binary = rows[arch, False], rows[arch, True]
+        assert binary["step_vs_full_precision"] == binary["step_ms"] / fp["step_ms"]
+        assert "step_vs_full_precision" not in fp and binary["params"] != fp["params"]  # a different model
+
+
 def test_bench_train_bad_input_exits_2(tmp_path, capsys):
     for argv, message in ((["--models", "vit,vgg"], "--models: unknown 'vgg'; choose from vit, vit-tiny"),
+                          (["--models", "resnet50", "--binary", "on"], "resnet50 has no binary twin"),
                           (["--compile", "maybe"], "--compile: unknown 'maybe'; choose from off, on"),
                           (["--steps", "0"], "--steps must be at least 1")):
         with pytest.raises(SystemExit) as e:
