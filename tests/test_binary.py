@@ -201,3 +201,23 @@ def test_binary_models_learn(argv, tmp_path):
     assert final["test_acc"] > 0.35, final["test_acc"]  # 10 classes: chance is 0.1
     assert rows[-1]["train_loss"] < rows[0]["train_loss"] - 0.2
     assert final["bops"] > 0 and final["ops"] == final["bops"] / 64 + final["flops"]
+
+
+@pytest.mark.parametrize("shape, dim", [((4, 5, 6), -1), ((2, 6, 3, 3), 1)], ids=["tokens", "maps"])
+def test_rprelu_equals_shift_prelu_shift_in_value_and_gradients(shape, dim):
+    from binary import RPReLU
+    torch.manual_seed(0)
+    m = RPReLU(6, dim)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.normal_()
+    x, g = torch.randn(*shape, requires_grad=True), torch.randn(*shape)
+    m(x).backward(g)
+    got = [x.grad.clone()] + [p.grad.clone() for p in m.parameters()]
+    x.grad = None
+    m.zero_grad()
+    shifted = x - m.shift_in  # torch's own PReLU, channels on dim 1 (tokens as rows)
+    prelu = F.prelu(shifted, m.slope.view(-1)) if dim == 1 else F.prelu(shifted.reshape(-1, 6), m.slope).view(shape)
+    (prelu + m.shift_out).backward(g)
+    for a, b in zip(got, [x.grad] + [p.grad for p in m.parameters()]):
+        assert torch.allclose(a, b, atol=1e-5)
