@@ -33,8 +33,8 @@ def measure(g):
 
 
 def scored(g, notes, key=None):
-    """The group with its measure (or key) as every run's test_acc (so fmt, gap and the plots read it), runs without
-    it dropped; None, with a note, where no run has it."""
+    """The group with its measure (or key) as each run's test_acc, runs without it dropped and noted; None if none."""
+    # As test_acc, the measure is what fmt, gap and the plots read: one code path for every regime.
     key = key or measure(g)
     runs = [dict(r, final=dict(r["final"], test_acc=r["final"][key])) for r in g["runs"]
             if r["final"].get(key) is not None]
@@ -45,16 +45,14 @@ def scored(g, notes, key=None):
 
 
 def rung(model):
-    """A ViT model section's place on the ladder (0: none of the changes, 5: all of them); None off the ladder (a
-    change without those before it)."""
+    """A ViT model section's rung: how many of the changes it has (0-5); None where one lacks those before it."""
     have = [model.get(k) == v for k, v, _ in LADDER]
     k = have.index(False) if False in have else len(have)
     return None if any(have[k:]) else k
 
 
 def slot(g):
-    """(name, binary, with a teacher) of a group of the experiment: name a ViT rung's or 'ResNet-18'; None off the
-    ladder."""
+    """A group's place: (a ViT rung's name or 'ResNet-18', binary, with a teacher); None off the ladder."""
     model, optim = g["sections"]["model"], g["sections"]["optim"]
     where = rung(model) if family(g["cfg"]["arch"]) == "vit" else len(LADDER) + 1
     if where is None:
@@ -63,9 +61,9 @@ def slot(g):
 
 
 def ladder_blocks(groups, notes):
-    """{data cell: {slot: scored group}} of the experiment's groups, cells in REGIME_ORDER; a group off the ladder,
-    and the groups of a slot that several fill (they differ in something else: depth, attn_quant...), are left out
-    with a note."""
+    """{data cell: {slot: scored group}} of the experiment, cells in REGIME_ORDER; what cannot be placed noted."""
+    # Groups that share a slot differ in something else (depth, attn_quant...): which one is the ladder's is unknown,
+    # so none is shown rather than one picked.
     found = {}
     for g in groups:
         if not binary_member(g):
@@ -90,8 +88,7 @@ def ladder_blocks(groups, notes):
 
 
 def twin(slots, name):
-    """The full-precision twin of a binary model: same name and flags without --binary (the +fp-merge rung's is the
-    +pyramid one's), no teacher; None where it did not run."""
+    """The full-precision twin (no teacher) of a binary model by name: the +fp-merge rung's is +pyramid's; or None."""
     k = NAMES.index(name)
     return slots.get((NAMES[min(k, FP_TOP)] if k <= len(LADDER) else name, False, False))
 
@@ -125,8 +122,7 @@ def values_group(like, by_seed_values, label):
 # ----------------------------------------------------------------------------- tables
 
 def accuracy_table(slots):
-    """One block's markdown table: per rung, the binary model without and with a teacher and its full-precision
-    twin (mean ± std over seeds)."""
+    """One block's table: per rung, binary without and with a teacher, and the full-precision twin (mean ± std)."""
     rows = []
     for name in NAMES:
         cells = {("binary",): slots.get((name, True, False)), ("binary with teacher",): slots.get((name, True, True)),
@@ -137,8 +133,7 @@ def accuracy_table(slots):
 
 
 def drop_table(blocks):
-    """The binarisation drop (full-precision twin − binary, points, mean ± std over seeds paired) per rung and
-    family (rows, without then with a teacher) and block (columns)."""
+    """The drop (twin − binary, points, mean ± std over paired seeds) per rung (then with a teacher) and block."""
     cols = [(cell,) for cell in blocks]
     rows = []
     for taught in (False, True):
@@ -152,9 +147,9 @@ def drop_table(blocks):
 
 
 def gap_closed(d):
-    """({change: {seed: drop before it − drop after it}}, {seed: the plain binary ViT's drop − the ResNet-18's}) of
-    one block's drops (drops()); a change is measured where the rungs on both sides of it have a drop, and all of
-    them together from the plain ViT to the highest rung past +mean pool that has one."""
+    """({change: {seed: drop before it − after}}, {seed: plain ViT's drop − ResNet-18's}) of one block's drops."""
+    # A change is measured where the rungs on both sides of it have a drop; all of them together from the plain ViT
+    # to the highest rung past +mean pool that has one.
     both = lambda a, b: {s: d[a][s] - d[b][s] for s in d[a].keys() & d[b].keys()} if a in d and b in d else {}
     closed = {after: both(before, after) for before, after in zip(RUNGS, RUNGS[1:]) if both(before, after)}
     top = [n for n in RUNGS[2:] if both("ViT", n)]
@@ -164,8 +159,7 @@ def gap_closed(d):
 
 
 def closed_text(values, base):
-    """'5.0 ± 1.0 (25% of the gap)': a change's closure and its share of the plain ViT's gap, the share only where
-    the ViT loses more than the ResNet-18 to begin with (else there is no gap to close)."""
+    """'5.0 ± 1.0 (25% of the gap)': a change's closure and its share of the plain ViT's gap, where there is one."""
     g, base_mean = values_group({}, values, ""), sum(base.values()) / len(base)
     if g is None:
         return "-"
@@ -174,9 +168,7 @@ def closed_text(values, base):
 
 
 def closure_table(blocks):
-    """Per change (rows) and block (columns, where the plain ViT and the ResNet-18 both have a drop): the points of
-    the ViT − ResNet-18 drop gap it closes (the drop before it minus after it, mean ± std over seeds paired) and
-    that as a share of the plain binary ViT's gap."""
+    """Per change (rows) and block (columns): the points of the ViT − ResNet-18 drop gap it closes, and the share."""
     per_block = {cell: gap_closed(drops(slots)) for cell, slots in blocks.items()}
     per_block = {cell: found for cell, found in per_block.items() if found[1]}
     if not per_block:
@@ -196,14 +188,13 @@ COST_KEYS = (("bops", "BOPs (M)", 1e-6), ("flops", "FLOPs (M)", 1e-6), ("ops", "
 
 
 def cost_table(blocks, notes):
-    """Each model's cost per image and size, from the first block that ran it (they do not depend on the data); a
-    model without a key is noted, and left out of the plot of that key."""
-    first = {}
+    """Each model's cost per image and size, from the first block that ran it; missing keys noted."""
+    first = {}  # the cost does not depend on the data
     for slots in blocks.values():
         for (name, binary, taught), g in slots.items():
-            missing = [f"`{k}`" for k, _, _ in COST_KEYS if metric(g, k)[0] is None]
             if taught:  # a student costs what the same model without a teacher costs
                 continue
+            missing = [f"`{k}`" for k, _, _ in COST_KEYS if metric(g, k)[0] is None]
             if missing:
                 notes.append(f"{g['model']} on {g['cell']} has no {', '.join(missing)} in final.json: left out "
                              "where they are needed.")
@@ -221,9 +212,9 @@ def cost_table(blocks, notes):
 # ----------------------------------------------------------------------------- plots
 
 def ladder_plot(blocks, teachers, out):
-    """One panel per block: each rung's binary accuracy without and with a teacher (bars, ± std over seeds), its
-    full-precision twin (a black tick), and lines at the full-precision ViT and ResNet-18, the binary ResNet-18 and
-    the teacher. Returns the markdown image."""
+    """Markdown image: per block, each rung's binary accuracy bars (and with a teacher), twins and reference lines."""
+    # The twin of each rung is a black tick on its bars; lines: the full-precision ViT and ResNet-18, the binary
+    # ResNet-18 and the teacher.
     fig, axes = plt.subplots(1, len(blocks), figsize=(7.5 * len(blocks), 4.5), squeeze=False)
     for ax, (cell, slots) in zip(axes.flat, blocks.items()):
         for dx, taught, hatch in ((-0.2, False, ""), (0.2, True, "//")):
@@ -253,14 +244,13 @@ def ladder_plot(blocks, teachers, out):
 
 
 def cost_plot(blocks, out):
-    """One row per block: accuracy against ops and against model bits (log x), binary models filled, full-precision
-    ones hollow, teacher runs left out (their cost is their student's). Returns the markdown image."""
+    """Markdown image: per block, accuracy against ops and against model bits (log x), binary filled, FP hollow."""
     fig, axes = plt.subplots(len(blocks), 2, figsize=(11, 4 * len(blocks)), squeeze=False)
     for row, (cell, slots) in zip(axes, blocks.items()):
         for ax, key, label in zip(row, ("ops", "model_bits"), ("ops per image (bops / 64 + flops)", "model bits")):
             for (name, binary, taught), g in slots.items():
                 x = metric(g, key)[0]
-                if taught or x is None:
+                if taught or x is None:  # a student costs what its model without a teacher costs: one point
                     continue
                 color = family_color(g["cfg"]["arch"])
                 ax.scatter(x, 100 * metric(g, "test_acc")[0], color=color, facecolors=color if binary else "none",
@@ -279,8 +269,7 @@ def cost_plot(blocks, out):
 # ----------------------------------------------------------------------------- the section
 
 def block_teacher(slots, groups, notes):
-    """The teacher of a block's students, scored on the students' measure (teacher_of: its run's group, else the
-    accuracy the students recorded); None without students or a known teacher."""
+    """The teacher of a block's students (its run's group, else as recorded), scored on their measure; or None."""
     student = next((g for (_, _, taught), g in slots.items() if taught), None)
     found = teacher_of(student, groups) if student else None
     return scored(found, notes, measure(student)) if found else None
@@ -305,8 +294,7 @@ def drop_sentence(cell, what, vit, resnet):
 
 
 def block_sentences(cell, slots):
-    """One block's findings: the plain and the highest ViT rung's drop against the ResNet-18's, the best binary ViT
-    against the binary ResNet-18, and what the teacher adds to each binary model."""
+    """One block's findings: ViT drops against the ResNet-18's, the best binary ViT against it, the teacher's gain."""
     d, sentences = drops(slots), []
     resnet = values_group({}, d.get("ResNet-18", {}), "ResNet-18")
     top = [n for n in RUNGS if n in d]
@@ -314,8 +302,8 @@ def block_sentences(cell, slots):
         what = "the plain binary ViT" if n == "ViT" else f"the binary ViT with every change up to {n}"
         sentences += [drop_sentence(cell, what, values_group({}, d[n], n), resnet)] if resnet else []
     vits = [slots[n, True, False] for n in RUNGS if (n, True, False) in slots]
-    best, binary_resnet = max(vits, key=lambda g: metric(g, "test_acc")[0], default=None), slots.get(
-        ("ResNet-18", True, False))
+    best = max(vits, key=lambda g: metric(g, "test_acc")[0], default=None)
+    binary_resnet = slots.get(("ResNet-18", True, False))
     if best and binary_resnet:
         points, gap_d = difference(best, binary_resnet)
         name = NAMES[rung(best["sections"]["model"])]
@@ -331,9 +319,7 @@ def block_sentences(cell, slots):
 
 
 def section_binary(groups, out):
-    """Binary ViTs up BinaryViT's ladder and the binary ResNet-18 beside their full-precision twins, without and
-    with a teacher: accuracy per block, the binarisation drop per family, the share of the ViT's extra drop each
-    change closes, accuracy against ops and model bits, and what is missing."""
+    """Binary ViT rungs and ResNet-18 beside their twins: accuracy, drops, the gap each change closes, cost."""
     notes = []
     blocks = ladder_blocks(groups, notes)
     if not blocks:
