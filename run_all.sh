@@ -130,6 +130,7 @@ if [ "$profile" = full ]; then
     recipes="none light1 light2 medium1 medium2 strong1 strong2 deit"
     recipe_fractions="0.02 0.1 0.5"  # plus the standard regime (100%)
     binary_regimes="standard sparse imbalanced corrupted"
+    binary_vit=""  # the vit preset: --pyramid's 8 heads, 4+ blocks and a width divisible by 4
     declare -A size=([vit]="" [vit-shallow]="" [vit-11m]="" [resnet18]="" [resnet18-shallow]="" [vit-b16]="")
 else  # quick, and cpu: quick's grid with the sizes below
     if [ -d "$data_dir/cifar-10-batches-py" ]; then
@@ -159,9 +160,10 @@ else  # quick, and cpu: quick's grid with the sizes below
     # so every recipe code path runs without all eight presets at every fraction.
     recipes="none light2 strong2 deit"
     recipe_fractions="0.1"  # plus the standard regime (100%)
-    # The binary ladder on two cells (40 runs): a subset, and the corruption sweep (the one regime it reports on
-    # another accuracy), so every code path runs without every regime.
-    binary_regimes="sparse corrupted"
+    # The binary ladder on sparse 10% alone (20 runs, its teacher data efficiency's): a quick binary run takes 10-80 s
+    # here on 2 shared cores, most of it outside training, and a corrupted one 80 s (measured 2026-12-07, load 2-3).
+    binary_regimes="sparse"
+    binary_vit="--depth 4 --dim 64 --heads 8"  # quick's ViT, deep and with heads enough for --pyramid (4 and 8)
     # Tiny models; vit-11m keeps its role, a ViT with the quick ResNet-18's parameter count (618k vs 677k).
     declare -A size=([vit]="--depth 2 --dim 64 --heads 4" [vit-shallow]="--depth 1 --dim 64 --heads 4"
                      [vit-11m]="--depth 2 --dim 192 --heads 4 --mlp-ratio 2" [resnet18]="--stages 2"
@@ -191,6 +193,7 @@ if [ "$profile" = cpu ]; then
     budget=120  # matched-time, when asked for: about half the standard ResNet's 25 epochs
     # The ResNet stays quick's (677k parameters, and vit-11m a ViT of about as many); the ViT is wider and deeper.
     size[vit]="--depth 4 --dim 128 --heads 4" size[vit-shallow]="--depth 2 --dim 128 --heads 4"
+    binary_vit="--depth 4 --dim 128 --heads 8"  # cpu's ViT with the 8 heads --pyramid needs
 fi
 time_budget=${time_budget:-$budget}
 have_cifar100=0
@@ -551,10 +554,12 @@ if wants binary; then  # 15. one-bit ViTs up BinaryViT's ladder and ResNet-18, e
         # shellcheck disable=SC2206  # the cell's flags are meant to split into words
         cflags=(${c#*:}) cell=${c%%:*}
         job "resnet18-$cell" resnet18 "${data_flags[@]}" "${cflags[@]}"  # the teacher, before its students
+        grid_vit=${size[vit]:-} size[vit]=$binary_vit  # the ladder's ViT size, for its twins and students too
         ladder fp "" 4 "${data_flags[@]}" "${cflags[@]}" --recipe binary
         ladder bin "" 5 "${data_flags[@]}" "${cflags[@]}" --recipe binary --binary
         ladder bin -kd 5 "${data_flags[@]}" "${cflags[@]}" --recipe binary --binary \
             --teacher "$runs/resnet18-$cell-s@SEED@"
+        size[vit]=$grid_vit  # the other experiments' ViT again
     done
 fi
 

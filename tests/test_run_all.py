@@ -106,13 +106,13 @@ def test_quick_dry_run_shrinks_the_grid_and_says_which_data(tmp_path):
     cmds = [line for line in lines if "train.py" in line]
     # regimes 8 (no many-classes) + sparse 4x2 + shallow 4 + locality 2x3 + attention 2x6 + vit-11m 1 + time 2 = 41;
     # transfer 2 pretrainings + 6 cells x 4 (no CIFAR-100), truncation 2 x (2 + 2) - 2 shared, attention swap 7;
-    # distillation 3 x 3 students; recipes 4 presets x 2 families x 2 cells (sparse 10%, standard); binary 2 x 20
+    # distillation 3 x 3 students; recipes 4 presets x 2 families x 2 cells (sparse 10%, standard); binary 20
     assert "attention: CIFAR-100 cells skipped, no CIFAR-100 at " + f"{tmp_path}/none/cifar-100-python" in lines
     bench = "python3 evaluate.py bench-attention --depth 1 --dim 64 --heads 4 "
     assert sum(line.startswith(bench) for line in lines) == 1
     assert (f"python3 evaluate.py bench-train --models vit-shallow1,resnet18-shallow --compile off --batch-size 32 "
             f"--steps 3 --warmup 1 --out {tmp_path}/bench/bench-train.json") in lines
-    assert len(cmds) == 41 + 26 + 6 + 7 + 9 + 16 + 40
+    assert len(cmds) == 41 + 26 + 6 + 7 + 9 + 16 + 20
     assert all("--dataset synthetic" in c and "--max-per-class 50" in c and c.endswith("-s0") for c in cmds)
     assert any(c.startswith("python3 train.py --arch resnet18 --stages 2 --epochs 3") for c in cmds)
     assert any("--arch vit-shallow --depth 1 --dim 64 --heads 4" in c for c in cmds)
@@ -315,17 +315,18 @@ def test_binary_ladder_rungs_beside_their_twins_and_students_of_the_default_reci
     assert [c for c in both if " --recipe " not in c] == [c for c in grid.stdout.splitlines() if "train.py" in c]
 
 
-def test_quick_binary_ladder_is_tiny_on_two_cells(tmp_path):
+def test_quick_binary_ladder_is_tiny_on_one_cell_with_a_vit_the_pyramid_takes(tmp_path):
     r = str(tmp_path)
     cmds = [c for c in run_all("--dry-run", "--profile", "quick", "--only", "binary", "--runs", r, "--data-dir",
                                str(tmp_path / "none")).stdout.splitlines() if "train.py" in c]
-    assert len(cmds) == 2 * 21
-    assert {os.path.basename(out_of(c)).split("-kd-")[1] for c in cmds if "resnet18-bin-kd-" in c} == {
-        "sparse-f0.1-synthetic-s0", "corrupted-synthetic-s0"}
+    assert len(cmds) == 21 and all(" --regime sparse --fraction 0.1 " in c for c in cmds)
+    # --pyramid needs 8 heads and 4 blocks: the ladder's ViTs (twins and students too) are not quick's grid's ViT
     vits = [c for c in cmds if "--arch vit " in c]
-    assert len(vits) == 2 * 17 and all("--arch vit --depth 2 --dim 64 --heads 4 --epochs 3 " in c for c in vits)
-    assert all("--regime corrupted --corruptions gaussian_noise,defocus_blur " in c for c in cmds if "corrupted" in c)
-
+    assert len(vits) == 17 and all("--arch vit --depth 4 --dim 64 --heads 8 --epochs 3 " in c for c in vits)
+    assert f"--arch resnet18 --stages 2 --epochs 3 --data-dir {tmp_path}/none --max-per-class 50 " in cmds[0]
+    plain = [c for c in run_all("--dry-run", "--profile", "quick", "--only", "binary,attention", "--runs", r,
+                                "--data-dir", str(tmp_path / "none")).stdout.splitlines() if "--arch vit " in c]
+    assert sum("--arch vit --depth 2 --dim 64 --heads 4 " in c for c in plain) == 2 * 9  # the others keep theirs
 
 def test_finished_runs_are_skipped_and_interrupted_ones_resumed(tmp_path):
     (tmp_path / "vit-standard-synthetic-s0").mkdir()
