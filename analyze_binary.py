@@ -258,6 +258,7 @@ def cost_plot(blocks, out):
                 ax.annotate(name, (x, 100 * metric(g, "test_acc")[0]), fontsize=7, xytext=(3, 3),
                             textcoords="offset points")
             ax.set(xscale="log", xlabel=f"{label} (log scale)", ylabel="accuracy (%)", title=cell)
+            ax.tick_params(axis="x", which="minor", labelsize=6)  # a range under a decade labels its minor ticks
             if not ax.collections:
                 ax.text(0.5, 0.5, f"no run here recorded {key}", ha="center", transform=ax.transAxes)
     handles = [plt.Line2D([], [], color="k", marker="o", ls="", label="binary"),
