@@ -9,8 +9,10 @@ under Failed runs and left out of every number. Runs whose configs differ only b
 every number is that group's mean +- standard deviation over seeds (n = number of seeds). This file holds the
 command line, the report and the data-regime sections; analyze_attention.py the attention sections,
 analyze_transfer.py the transfer sections (pretraining, truncation, attention swap), analyze_recipes.py the training
-recipe sections (distillation, augmentation and regularisation presets) and analyze_groups.py the grouping,
-statistics and plot pieces they share. Runs with a teacher or a recipe appear in the recipe sections alone.
+recipe sections (distillation, augmentation and regularisation presets), analyze_binary.py the binary networks
+section and analyze_groups.py the grouping, statistics and plot pieces they share. Runs with a teacher or a recipe
+appear in the recipe sections alone; runs of the binary experiment (a binary model, or the binary recipe) in the
+binary networks section alone.
 """
 import argparse
 import json
@@ -23,6 +25,7 @@ import matplotlib.ticker
 
 from analyze_attention import (section_attention_distance, section_attention_scaling, section_attention_variants,
                                section_locality, find_benches)
+from analyze_binary import binary_member, section_binary
 from analyze_recipes import section_distillation, section_recipes
 from analyze_transfer import section_attention_swap, section_transfer, section_truncation
 from analyze_groups import (ACC_COLUMNS, BASE_ARCHS, COLORS, accuracy_line, base, compare, crossings, curves,
@@ -323,7 +326,8 @@ SECTIONS = [("Regimes", section_regimes), ("Data efficiency", section_data_effic
             ("Attention distance", section_attention_distance), ("Imbalanced data", section_imbalanced),
             ("Corruptions", section_corruption), ("Matched budgets", section_matched), ("Transfer", section_transfer),
             ("Truncation", section_truncation), ("Attention swap", section_attention_swap),
-            ("Distillation", section_distillation), ("Recipes", section_recipes), ("Cost", section_cost),
+            ("Distillation", section_distillation), ("Recipes", section_recipes),
+            ("Binary networks", section_binary), ("Cost", section_cost),
             ("Training speed", section_train_speed), ("Convergence", section_convergence)]
 RECIPE_SECTIONS = (section_distillation, section_recipes)  # the only sections that see runs with a recipe or teacher
 BENCH_SECTIONS = {section_attention_scaling: "bench-attention.json", section_train_speed: "bench-train.json"}
@@ -344,7 +348,14 @@ def write_report(roots, out):
                        f"{BENCH_SECTIONS[section][:-5]}`).")
         else:
             # Every other section compares the lab's default recipe (the recipe sections take their baselines too).
-            gs = groups if section in RECIPE_SECTIONS else [g for g in groups if default_recipe(g)]
+            # The binary experiment's runs are the Binary networks section's alone (their recipe is no AugReg preset,
+            # their students no DeiT distillation); it finds their teachers among all runs.
+            if section is section_binary:
+                gs = groups
+            elif section in RECIPE_SECTIONS:
+                gs = [g for g in groups if not binary_member(g)]
+            else:
+                gs = [g for g in groups if default_recipe(g)]
             body = section(gs, out) if gs else None
             missing = "No runs for this section yet (see run_all.sh)."
         parts.append(f"## {title}\n\n" + (body or missing))

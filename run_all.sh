@@ -7,7 +7,7 @@ set -uo pipefail
 set -f  # no file-name globbing: every word here is meant literally
 
 EXPERIMENTS="regimes data-efficiency shallow locality attention attention-cost matched-params matched-time transfer
-truncation attention-swap distillation recipes train-speed"
+truncation attention-swap distillation recipes train-speed binary"
 EXPERIMENTS=${EXPERIMENTS//$'\n'/ }
 profile="" seeds="" gpus=0 dry_run=0 only="" runs="" data_dir=data time_budget="" jobs=1 devices=""
 python=${PYTHON:-python3}
@@ -129,6 +129,8 @@ if [ "$profile" = full ]; then
     truncate_vit="1 2 3 4 5" truncate_resnet="1 2 3"  # and all of them: the untruncated fine-tune
     recipes="none light1 light2 medium1 medium2 strong1 strong2 deit"
     recipe_fractions="0.02 0.1 0.5"  # plus the standard regime (100%)
+    binary_regimes="standard sparse imbalanced corrupted"
+    binary_vit=""  # the vit preset: --pyramid's 8 heads, 4+ blocks and a width divisible by 4
     declare -A size=([vit]="" [vit-shallow]="" [vit-11m]="" [resnet18]="" [resnet18-shallow]="" [vit-b16]="")
 else  # quick, and cpu: quick's grid with the sizes below
     if [ -d "$data_dir/cifar-10-batches-py" ]; then
@@ -158,6 +160,10 @@ else  # quick, and cpu: quick's grid with the sizes below
     # so every recipe code path runs without all eight presets at every fraction.
     recipes="none light2 strong2 deit"
     recipe_fractions="0.1"  # plus the standard regime (100%)
+    # The binary ladder on sparse 10% alone (20 runs, its teacher data efficiency's): a quick binary run takes 10-80 s
+    # here on 2 shared cores, most of it outside training, and a corrupted one 80 s (measured 2026-12-07, load 2-3).
+    binary_regimes="sparse"
+    binary_vit="--depth 4 --dim 64 --heads 8"  # quick's ViT, deep and with heads enough for --pyramid (4 and 8)
     # Tiny models; vit-11m keeps its role, a ViT with the quick ResNet-18's parameter count (618k vs 677k).
     declare -A size=([vit]="--depth 2 --dim 64 --heads 4" [vit-shallow]="--depth 1 --dim 64 --heads 4"
                      [vit-11m]="--depth 2 --dim 192 --heads 4 --mlp-ratio 2" [resnet18]="--stages 2"
@@ -187,6 +193,7 @@ if [ "$profile" = cpu ]; then
     budget=120  # matched-time, when asked for: about half the standard ResNet's 25 epochs
     # The ResNet stays quick's (677k parameters, and vit-11m a ViT of about as many); the ViT is wider and deeper.
     size[vit]="--depth 4 --dim 128 --heads 4" size[vit-shallow]="--depth 2 --dim 128 --heads 4"
+    binary_vit="--depth 4 --dim 128 --heads 8"  # cpu's ViT with the 8 heads --pyramid needs
 fi
 time_budget=${time_budget:-$budget}
 have_cifar100=0
@@ -517,6 +524,43 @@ fi
 
 if wants train-speed; then  # 14. the training step's images/s, split and MFU per model (one process, no run folder)
     bench_job bench-train "${bench_train[@]}"
+fi
+
+# ---------------------------------------------------------------- binary networks (15)
+if wants binary; then  # 15. one-bit ViTs up BinaryViT's ladder and ResNet-18, each beside its full-precision twin
+    # Each rung adds one of BinaryViT's changes (Le & Li 2023) to the rung before. Binary and full-precision runs alike
+    # train with the binary recipe (--recipe binary), so a rung and its twin differ in --binary alone; --fp-merge needs
+    # --binary, so its twin is the pyramid's. The teacher is the grid's full-precision ResNet-18 of the same cell and
+    # seed, trained with the lab's default recipe: one teacher for both families keeps their comparison fair
+    # (BinaryViT distilled a DeiT-S, ReActNet a ResNet-34), and it never saw more data than its students. --teacher
+    # alone suffices: the binary recipe distils soft, at alpha 1 and tau 1.
+    steps=("gap:--pool mean" "mp:--multi-pool" "ra:--residual-affine" "pyr:--pyramid" "fpm:--fp-merge")
+    # ladder PREFIX SUFFIX TOP [flags...]: ViT and ResNet-18 (both), then the ViT up the first TOP steps, each run
+    # named ARCH-PREFIX[-STEP...]SUFFIX-CELL (vit-bin-gap-mp-kd-standard-cifar10)
+    ladder() {
+        local prefix=$1 suffix=$2 top=$3 tags="" rung=() step; shift 3
+        both "$prefix$suffix-$cell" "$@"
+        for step in "${steps[@]:0:top}"; do
+            # shellcheck disable=SC2206  # the step's flags are meant to split into words
+            tags+="-${step%%:*}" rung+=(${step#*:})
+            job "vit-$prefix$tags$suffix-$cell" vit "$@" "${rung[@]}"
+        done
+    }
+    cells=("standard-$dataset:" "sparse-f0.1-$dataset:--regime sparse --fraction 0.1"
+           "imbalanced-r100-$dataset:--regime imbalanced --imbalance-ratio 100"
+           "corrupted-$dataset:--regime corrupted${corruptions:+ --corruptions $corruptions}")
+    for c in "${cells[@]}"; do
+        [[ " $binary_regimes " == *" ${c%%-*} "* ]] || continue
+        # shellcheck disable=SC2206  # the cell's flags are meant to split into words
+        cflags=(${c#*:}) cell=${c%%:*}
+        job "resnet18-$cell" resnet18 "${data_flags[@]}" "${cflags[@]}"  # the teacher, before its students
+        grid_vit=${size[vit]:-} size[vit]=$binary_vit  # the ladder's ViT size, for its twins and students too
+        ladder fp "" 4 "${data_flags[@]}" "${cflags[@]}" --recipe binary
+        ladder bin "" 5 "${data_flags[@]}" "${cflags[@]}" --recipe binary --binary
+        ladder bin -kd 5 "${data_flags[@]}" "${cflags[@]}" --recipe binary --binary \
+            --teacher "$runs/resnet18-$cell-s@SEED@"
+        size[vit]=$grid_vit  # the other experiments' ViT again
+    done
 fi
 
 # ---------------------------------------------------------------- summary

@@ -139,6 +139,19 @@ def fake_run(root, name, seed, test_acc, arch="vit", regime="standard", train_si
         json.dump(final, open(os.path.join(out, "final.json"), "w"))
 
 
+
+def fake_run_in_sections(root, name, seed, acc, optim=None, model=None, teacher=None, **kw):
+    """fake_run, then the optim and model keys it does not place put in their sections and recorded.teacher (what
+    the teacher trained, as train.py records it) written."""
+    fake_run(root, name, seed, acc, **kw)
+    path = os.path.join(root, f"{name}-s{seed}", "config.json")
+    config = json.load(open(path))
+    config["optim"] |= optim or {}
+    config["model"] |= model or {}
+    if teacher is not None:
+        config["recorded"]["teacher"] = teacher
+    json.dump(config, open(path, "w"))
+
 def row_of(report, model, cell):
     """The markdown table row of a model on a data cell (first table that has it)."""
     return next(line for line in report.splitlines() if line.startswith(f"| {model} | {cell} |"))

@@ -1,5 +1,4 @@
 """analyze_recipes.py and the recipe and teacher pieces of analyze_groups.py on run folders with known numbers."""
-import json
 import math
 import os
 
@@ -8,7 +7,7 @@ import pytest
 import analyze
 import analyze_groups
 import analyze_recipes
-from helpers import fake_run, section
+from helpers import fake_run_in_sections as run, section
 
 SPARSE = dict(regime="sparse", fraction=0.1, train_size=100)
 TEACHER_MODEL = dict(arch="resnet18", stages=4)
@@ -16,19 +15,6 @@ DEFAULT = dict(label_smoothing=0.1)  # the lab's default optim keys that a prese
 PRESETS = dict(none=dict(recipe="none", label_smoothing=0.0, weight_decay=0.1),
                strong2=dict(recipe="strong2", randaug=[2, 20.0, 0.0], mixup=0.8, mix_prob=1.0, label_smoothing=0.0,
                             weight_decay=0.1))
-
-
-def run(root, name, seed, acc, optim=None, model=None, teacher=None, **kw):
-    """fake_run, then the optim and model keys it does not place put in their sections and recorded.teacher (what
-    the teacher trained, as train.py records it) written."""
-    fake_run(root, name, seed, acc, **kw)
-    path = os.path.join(root, f"{name}-s{seed}", "config.json")
-    config = json.load(open(path))
-    config["optim"] |= optim or {}
-    config["model"] |= model or {}
-    if teacher is not None:
-        config["recorded"]["teacher"] = teacher
-    json.dump(config, open(path, "w"))
 
 
 def student(root, kind, seed, acc, heads=None, cell="sparse-f0.1-cifar10", recorded=True, **kw):

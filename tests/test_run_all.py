@@ -63,10 +63,10 @@ def test_full_dry_run_prints_the_whole_grid_once(tmp_path):
     # attention 6 + 6 + 8 (local1 and dilated1d2 shared with locality), vit-11m 1, matched time 2; transfer 2
     # pretrainings + 8 cells x (scratch, own, CIFAR-100) x 2 families; truncation 2 x (6 + 4) - 2 shared with
     # transfer; attention swap 7; distillation 3 cells x 3 students (teachers and plain ViTs shared); recipes 8
-    # presets x 2 families x 4 cells (the default-recipe runs shared)
-    assert len(cmds) == len(set(cmds)) == 444 + 27 + 192 == 663
+    # presets x 2 families x 4 cells (the default-recipe runs shared); binary 4 cells x 20 (the teachers shared)
+    assert len(cmds) == len(set(cmds)) == 444 + 27 + 192 + 240 == 903
     r = str(tmp_path)
-    assert f"python3 evaluate.py bench-attention --out {r}/bench/bench-attention.json" in lines and len(lines) == 667
+    assert f"python3 evaluate.py bench-attention --out {r}/bench/bench-attention.json" in lines and len(lines) == 907
     assert f"python3 evaluate.py bench-train --out {r}/bench/bench-train.json" in lines
     start = "python3 train.py --arch"
     for expected in (
@@ -82,8 +82,9 @@ def test_full_dry_run_prints_the_whole_grid_once(tmp_path):
             f"vit --epochs 200 --data-dir data --dataset cifar10 --attention local --radius 3 --seed 0 "
             f"--out {r}/vit-local3-standard-cifar10-s0"):
         assert f"{start} {expected}" in cmds
-    assert sum("--imbalance-ratio 100 " in c and "--classes" not in c and "--teacher" not in c for c in cmds) == 6
-    assert sum("--regime corrupted" in c for c in cmds) == 6
+    plain = [c for c in cmds if "--teacher" not in c and "--recipe" not in c]  # binary's are in its own test
+    assert sum("--imbalance-ratio 100 " in c and "--classes" not in c for c in plain) == 6
+    assert sum("--regime corrupted" in c for c in plain) == 6
     timed = [c for c in cmds if "--time-budget 1200" in c]
     assert len(timed) == 6 and all("--epochs 1000 --warmup-epochs 50" in c for c in timed)
     # torchrun on a part of the grid without transfer (its ImageNet look-up starts torch, seconds): regimes 10 runs,
@@ -105,13 +106,13 @@ def test_quick_dry_run_shrinks_the_grid_and_says_which_data(tmp_path):
     cmds = [line for line in lines if "train.py" in line]
     # regimes 8 (no many-classes) + sparse 4x2 + shallow 4 + locality 2x3 + attention 2x6 + vit-11m 1 + time 2 = 41;
     # transfer 2 pretrainings + 6 cells x 4 (no CIFAR-100), truncation 2 x (2 + 2) - 2 shared, attention swap 7;
-    # distillation 3 x 3 students; recipes 4 presets x 2 families x 2 cells (sparse 10%, standard)
+    # distillation 3 x 3 students; recipes 4 presets x 2 families x 2 cells (sparse 10%, standard); binary 20
     assert "attention: CIFAR-100 cells skipped, no CIFAR-100 at " + f"{tmp_path}/none/cifar-100-python" in lines
     bench = "python3 evaluate.py bench-attention --depth 1 --dim 64 --heads 4 "
     assert sum(line.startswith(bench) for line in lines) == 1
     assert (f"python3 evaluate.py bench-train --models vit-shallow1,resnet18-shallow --compile off --batch-size 32 "
             f"--steps 3 --warmup 1 --out {tmp_path}/bench/bench-train.json") in lines
-    assert len(cmds) == 41 + 26 + 6 + 7 + 9 + 16
+    assert len(cmds) == 41 + 26 + 6 + 7 + 9 + 16 + 20
     assert all("--dataset synthetic" in c and "--max-per-class 50" in c and c.endswith("-s0") for c in cmds)
     assert any(c.startswith("python3 train.py --arch resnet18 --stages 2 --epochs 3") for c in cmds)
     assert any("--arch vit-shallow --depth 1 --dim 64 --heads 4" in c for c in cmds)
@@ -264,6 +265,68 @@ def test_every_recipe_runs_for_both_families_beside_the_default_recipe(tmp_path)
     assert len(quick) == 16 and {c.split(" --recipe ")[1].split()[0] for c in quick} == {"none", "light2", "strong2",
                                                                                           "deit"}
 
+
+
+BINARY_STEPS = {"gap": "--pool mean", "mp": "--multi-pool", "ra": "--residual-affine", "pyr": "--pyramid",
+                "fpm": "--fp-merge"}
+
+
+def ladder_tags(cmd):
+    """The ladder's steps in a binary experiment run's name: vit-bin-gap-mp-kd-standard-cifar10-s0 -> [gap, mp]."""
+    return [t for t in os.path.basename(out_of(cmd)).split("-")[2:] if t in BINARY_STEPS]
+
+
+def test_binary_ladder_rungs_beside_their_twins_and_students_of_the_default_recipe_resnet18(tmp_path):
+    r = str(tmp_path)
+    cmds = [c for c in run_all("--dry-run", "--profile", "full", "--only", "binary", "--runs", r).stdout.splitlines()
+            if "train.py" in c]
+    # 4 cells x 3 seeds x (teacher, 5 full-precision ViT rungs and ResNet-18, 6 binary ViT rungs and ResNet-18, those
+    # 7 again with the teacher)
+    assert len(cmds) == len(set(cmds)) == 4 * 3 * (1 + 6 + 7 + 7)
+    outs = list(map(out_of, cmds))
+    assert (f"python3 train.py --arch vit --epochs 200 --data-dir data --dataset cifar10 --regime imbalanced "
+            f"--imbalance-ratio 100 --recipe binary --binary --pool mean --multi-pool --residual-affine --pyramid "
+            f"--fp-merge --seed 1 --out {r}/vit-bin-gap-mp-ra-pyr-fpm-imbalanced-r100-cifar10-s1") in cmds
+    for c in cmds:
+        ladder = [flag for flag in BINARY_STEPS.values() if f" {flag} " in c]
+        tags = ladder_tags(c)
+        assert ladder == [BINARY_STEPS[t] for t in tags] and tags == list(BINARY_STEPS)[:len(tags)]  # cumulative
+        assert (" --recipe binary " in c) == ("-fp-" in c or "-bin-" in c)
+    binary = [c for c in cmds if " --binary " in c and " --teacher " not in c]
+    assert len(binary) == 4 * 3 * 7
+    for c in binary:  # the twin: the same command without --binary (and --fp-merge, which needs it), run -fp
+        twin = c.replace(" --binary", "").replace(" --fp-merge", "").replace("-bin-", "-fp-").replace("-fpm-", "-")
+        assert twin in cmds and cmds.index(twin) < cmds.index(c)
+    students = [c for c in cmds if " --teacher " in c]
+    assert len(students) == 4 * 3 * 7 and all(" --binary " in c for c in students)
+    for c in students:
+        teacher = c.split(" --teacher ")[1].split()[0]
+        cell_seed = os.path.basename(out_of(c)).split("-kd-", 1)[1]
+        assert teacher == f"{r}/resnet18-{cell_seed}" and teacher in outs
+        assert outs.index(teacher) < cmds.index(c) and " --recipe " not in cmds[outs.index(teacher)]
+        assert c.replace(f" --teacher {teacher}", "").replace("-kd-", "-") in binary  # the same run, taught
+    cells = {os.path.basename(o).split("-kd-")[1].rsplit("-s", 1)[0] for o in map(out_of, students)}
+    assert cells == {"standard-cifar10", "sparse-f0.1-cifar10", "imbalanced-r100-cifar10", "corrupted-cifar10"}
+    # The teachers are the grid's runs of their cell, once: the same commands as regimes' and data efficiency's.
+    grid = run_all("--dry-run", "--profile", "full", "--only", "regimes,data-efficiency", "--runs", r, "--seeds", "0")
+    both = [c for c in run_all("--dry-run", "--profile", "full", "--only", "regimes,data-efficiency,binary", "--runs",
+                               r, "--seeds", "0").stdout.splitlines() if "train.py" in c]
+    assert len(both) == len(set(map(out_of, both))) == 10 + 12 + 4 * 20
+    assert [c for c in both if " --recipe " not in c] == [c for c in grid.stdout.splitlines() if "train.py" in c]
+
+
+def test_quick_binary_ladder_is_tiny_on_one_cell_with_a_vit_the_pyramid_takes(tmp_path):
+    r = str(tmp_path)
+    cmds = [c for c in run_all("--dry-run", "--profile", "quick", "--only", "binary", "--runs", r, "--data-dir",
+                               str(tmp_path / "none")).stdout.splitlines() if "train.py" in c]
+    assert len(cmds) == 21 and all(" --regime sparse --fraction 0.1 " in c for c in cmds)
+    # --pyramid needs 8 heads and 4 blocks: the ladder's ViTs (twins and students too) are not quick's grid's ViT
+    vits = [c for c in cmds if "--arch vit " in c]
+    assert len(vits) == 17 and all("--arch vit --depth 4 --dim 64 --heads 8 --epochs 3 " in c for c in vits)
+    assert f"--arch resnet18 --stages 2 --epochs 3 --data-dir {tmp_path}/none --max-per-class 50 " in cmds[0]
+    plain = [c for c in run_all("--dry-run", "--profile", "quick", "--only", "binary,attention", "--runs", r,
+                                "--data-dir", str(tmp_path / "none")).stdout.splitlines() if "--arch vit " in c]
+    assert sum("--arch vit --depth 2 --dim 64 --heads 4 " in c for c in plain) == 2 * 9  # the others keep theirs
 
 def test_finished_runs_are_skipped_and_interrupted_ones_resumed(tmp_path):
     (tmp_path / "vit-standard-synthetic-s0").mkdir()
