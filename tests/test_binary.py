@@ -194,7 +194,7 @@ def test_binary_switches_that_cannot_apply_exit_2_writing_nothing(argv, message,
 @pytest.mark.slow
 @pytest.mark.parametrize("argv", [[*TINY_VIT, "--binary", "--pool", "mean", "--multi-pool", "--residual-affine",
                                    "--epochs", "15", "--lr", "1e-2"],
-                                  ["--arch", "resnet18-shallow", "--stages", "1", "--binary", "--epochs", "8",
+                                  ["--arch", "resnet18-shallow", "--stages", "1", "--binary", "--epochs", "6",
                                    "--lr", "2e-3"]], ids=["vit", "resnet"])
 def test_binary_models_learn(argv, tmp_path):
     _, rows, final = run_train(tmp_path / "r", *TINY_DATA, *argv)

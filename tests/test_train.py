@@ -144,12 +144,12 @@ def test_compiled_steps_train_like_the_plain_module_and_save_it(tmp_path, monkey
 
 @pytest.mark.slow
 @pytest.mark.parametrize("extra", [["--attention", "performer", "--redraw-interval", "5"],
-                                   ["--recipe", "deit", "--ema", "0.9"],
-                                   ["--binary", "--pool", "mean", "--multi-pool", "--residual-affine"]],
-                         ids=["performer", "deit-recipe", "binary"])
+                                   ["--recipe", "deit", "--ema", "0.9", "--binary", "--pool", "mean", "--multi-pool",
+                                    "--residual-affine"]], ids=["performer", "deit-recipe-binary"])
 def test_interrupted_run_resumes_to_the_same_result(tmp_path, extra):  # a plain run: test_kill_9_anywhere_...
     # The performer's features and redraw count come back from the checkpoint, so it resumes exactly too; so do
-    # a recipe's draws (RandAugment, erasing, mixing, repeated augmentation) and the EMA weights.
+    # a recipe's draws (RandAugment, erasing, mixing, repeated augmentation), the EMA weights and a binary ViT's
+    # token BatchNorm statistics, shifts and quantiser scales (one run for the last three: the suite's time).
     args = [*TINY_VIT, *TINY_DATA, "--epochs", "3", "--dropout", "0.1", *extra]
     _, full_rows, full_final = run_train(tmp_path / "full", *args)
     cmd = [sys.executable, os.path.join(ROOT, "train.py"), *args, "--out", str(tmp_path / "cut"), "--progress", "off"]
