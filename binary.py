@@ -103,11 +103,11 @@ class BinaryConv2d(nn.Conv2d):
 
     def __init__(self, c_in, c_out, kernel_size, stride=1, padding=0):
         super().__init__(c_in, c_out, kernel_size, stride, padding, bias=False)
-        self.shift = nn.Parameter(torch.zeros(c_in, 1, 1))
+        self.shift = nn.Parameter(torch.zeros(c_in))  # a vector, as every per-channel parameter: no weight decay
 
     def forward(self, x):
         signs, scale = binary_weight(self.weight)
-        x = ApproxSign.apply(x, self.shift)
+        x = ApproxSign.apply(x, self.shift.view(-1, 1, 1))
         return F.conv2d(x, signs, None, self.stride, self.padding).mul_(scale.view(1, -1, 1, 1))
 
 
@@ -139,12 +139,13 @@ class RPReLU(nn.Module):
 
     def __init__(self, channels, dim=-1):
         super().__init__()
-        shape = (channels,) if dim == -1 else (channels, 1, 1)
-        self.shift_in, self.shift_out = nn.Parameter(torch.zeros(shape)), nn.Parameter(torch.zeros(shape))
-        self.slope = nn.Parameter(torch.full(shape, 0.25))
+        self.shape = (-1,) if dim == -1 else (-1, 1, 1)  # vectors viewed per layout: never weight-decayed
+        self.shift_in, self.shift_out = nn.Parameter(torch.zeros(channels)), nn.Parameter(torch.zeros(channels))
+        self.slope = nn.Parameter(torch.full((channels,), 0.25))
 
     def forward(self, x):
-        return ShiftedPReLU.apply(x, self.shift_in, self.slope, self.shift_out)
+        s = self.shape
+        return ShiftedPReLU.apply(x, self.shift_in.view(s), self.slope.view(s), self.shift_out.view(s))
 
 
 class TokenBatchNorm(nn.BatchNorm1d):

@@ -18,8 +18,8 @@ import time
 # The command line is made from options.py alone, which imports no torch: see the check after recipe_flags.
 from options import (ARCHS, ATTENTION_OPTIONS, ATTENTIONS, ATTN_QUANTS, BINARY_DISTILL, CORRUPTION_NAMES,
                      DATA_DEFAULTS, DATASETS, DEFAULT_WEIGHTS, OPTIM_DEFAULTS, OPTIMIZERS, RECIPES, REGIME_OPTIONS,
-                     REGIMES, RESIZE_MODES, SECTIONS,
-                     SPARSE_FRACTION, SYNTHETIC_OPTIONS, TRAIN_CORRUPTION_OPTIONS, VIT_DEFAULTS, Parser, option_flag)
+                     REGIMES, RESIZE_MODES, SECTIONS, SPARSE_FRACTION, SYNTHETIC_OPTIONS, TRAIN_CORRUPTION_OPTIONS,
+                     VIT_DEFAULTS, Parser, option_flag)
 
 # Fine-tuning (--init or --pretrained) defaults, after AugReg's transfer recipe: SGD with momentum for both
 # families, a small lr, no weight decay, a short warm-up (at most 1 epoch); --opt adamw gets a small lr too.
@@ -211,8 +211,8 @@ import torch.nn.functional as F  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from attention import shown_options  # noqa: E402
-from binary import binary_weights  # noqa: E402
 from augment import RECIPE_KEYS, recipe_batch, recipe_draws  # noqa: E402
+from binary import binary_weights  # noqa: E402
 from data import (augment, class_list_text, data_config, epoch_plan, normalize, rank_batches,  # noqa: E402
                   resize)
 from evaluate import (RunFolderError, attention_backend, autocast, build_run_data, build_run_model,  # noqa: E402
@@ -468,8 +468,8 @@ def recipe_tag(optim):
 
 
 def default_out(model, data, optim, seed):
-    """runs/<arch>[<attention>][<start>][<recipe>][-t<budget>s]-<regime>[<its parameter>]-<dataset>[-c<classes>]
-    -s<seed>: distinct across a sweep."""
+    """runs/<arch>[<binary>][<attention>][<start>][<recipe>][-t<budget>s]-<regime>[<its parameter>]-<dataset>
+    [-c<classes>]-s<seed>: distinct across a sweep."""
     arch = model["arch"] + binary_tag(model) + attention_tag(model) + start_tag(model, data, optim) + recipe_tag(optim)
     arch += f"-t{optim['time_budget']:g}s" if "time_budget" in optim else ""
     regime = data["regime"]

@@ -149,13 +149,14 @@ def test_pyramid_parameters_and_token_shapes_per_stage():
         ViT(10, image_size=32, patch_size=8, depth=4, dim=16, heads=8, pool="mean", pyramid=True)
 
 
-def test_binary_weights_get_no_weight_decay():
+@pytest.mark.parametrize("arch", ["vit", "resnet18"])
+def test_only_full_precision_kernels_decay_binary_weights_and_per_channel_parameters_do_not(arch):
     import train
-    model = build_model("vit", 10, depth=1, dim=16, heads=2, binary=True)
+    model = build_model(arch, 10, depth=1, dim=16, heads=2, binary=True) if arch == "vit" else BinaryResNet(10)
     opt = train.make_optimizer(model, dict(opt="adamw", lr=1e-3, weight_decay=0.05))
     decay = {id(p) for g in opt.param_groups if g["weight_decay"] > 0 for p in g["params"]}
-    binary = [m.weight for m in model.modules() if isinstance(m, BinaryLinear)]
-    assert binary and not any(id(w) in decay for w in binary) and id(model.head.weight) in decay
+    kernels = {id(m.weight) for m in model.modules() if type(m) in (nn.Linear, nn.Conv2d)}  # not the binary ones
+    assert decay == kernels and len(kernels) >= 2  # ViT: embedding and head; ResNet: stem, 3 shortcuts and fc
 
 
 def test_binary_runs_default_to_the_authors_recipe_and_distil_on_teacher_probabilities_alone():
