@@ -192,7 +192,7 @@ class BinaryAttention(nn.Module):
             raise ValueError(f"--heads {heads} does not divide --dim {dim}")
         self.heads = heads
         self.q, self.k, self.v = BinaryUnit(dim, dim, norm), BinaryUnit(dim, dim, norm), BinaryUnit(dim, dim, norm)
-        self.shift_qkv = nn.Parameter(torch.zeros(3, dim))
+        self.shift_qkv = nn.ParameterList(torch.zeros(dim) for _ in range(3))  # vectors: no weight decay
         self.prob_scale = nn.Parameter(torch.tensor(1 / tokens)) if attn_quant == "binary" else None
         self.norm_context = norm(dim)
         self.act_context = RPReLU(dim)

@@ -80,7 +80,7 @@ class MultiPool(nn.Module):
     def __init__(self, dim, grid, num_prefix_tokens):
         super().__init__()
         self.grid, self.num_prefix_tokens = grid, num_prefix_tokens
-        self.scales = nn.Parameter(torch.zeros(len(self.KERNELS), dim))
+        self.scales = nn.ParameterList(torch.zeros(dim) for _ in self.KERNELS)  # vectors: no weight decay
 
     def forward(self, x):
         c = self.num_prefix_tokens

@@ -217,8 +217,8 @@ def test_rprelu_equals_shift_prelu_shift_in_value_and_gradients(shape, dim):
     got = [x.grad.clone()] + [p.grad.clone() for p in m.parameters()]
     x.grad = None
     m.zero_grad()
-    shifted = x - m.shift_in  # torch's own PReLU, channels on dim 1 (tokens as rows)
-    prelu = F.prelu(shifted, m.slope.view(-1)) if dim == 1 else F.prelu(shifted.reshape(-1, 6), m.slope).view(shape)
-    (prelu + m.shift_out).backward(g)
+    shifted = x - m.shift_in.view(m.shape)  # torch's own PReLU, channels on dim 1 (tokens as rows)
+    prelu = F.prelu(shifted, m.slope) if dim == 1 else F.prelu(shifted.reshape(-1, 6), m.slope).view(shape)
+    (prelu + m.shift_out.view(m.shape)).backward(g)
     for a, b in zip(got, [x.grad] + [p.grad for p in m.parameters()]):
         assert torch.allclose(a, b, atol=1e-5)
