@@ -1154,7 +1154,8 @@ def binary_layer(kind, width, side, a):
         layer, x = BinaryConv2d(width, width, 3, padding=1), torch.randn(a.batch_size, width, side, side)
         float_layer = lambda: F.conv2d(x, layer.weight, None, 1, 1)
     signs, scale = binary_weight(layer.weight)
-    w_bits, shift = pack_signs(signs.flatten(1)), layer.shift.detach()  # the layer's input shift (RSign)
+    shift = layer.shift.detach().view(-1, *[1] * (x.ndim - 2))  # the layer's input shift (RSign), per channel
+    w_bits = pack_signs(signs.flatten(1))
     if kind == "linear":
         packed = lambda: packed_linear(pack_signs(x + shift), w_bits, width, scale)
     else:

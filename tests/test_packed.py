@@ -54,8 +54,8 @@ def test_packed_conv_equals_the_zero_padded_float_conv_exactly(c_in, stride, sid
     out = packed_conv2d(x, pack_signs(signs.flatten(1)), scale, 3, stride, padding=1)
     assert torch.equal(out, F.conv2d(sign_pm1(x), signs, None, stride, 1) * scale.view(1, -1, 1, 1))
     with torch.no_grad():  # the layer binarises x + its learned shift, then pads with zeros
-        layer.shift.copy_(torch.randn(c_in, 1, 1).round() / 4)
-        out = packed_conv2d(x + layer.shift, pack_signs(signs.flatten(1)), scale, 3, stride, padding=1)
+        layer.shift.copy_(torch.randn(c_in).round() / 4)
+        out = packed_conv2d(x + layer.shift.view(-1, 1, 1), pack_signs(signs.flatten(1)), scale, 3, stride, padding=1)
         assert torch.equal(out, layer(x))
 
 
