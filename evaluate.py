@@ -39,7 +39,7 @@ from binary import (BinaryConv2d, BinaryLinear, binary_macs, binary_weight, is_b
                     pack_signs, packed_conv2d, packed_linear)
 from data import (augment, build_data, channel_stats, class_list_text, corrupt, dataset_shape, epoch_plan,
                   load_dataset, normalize, rank_batches)
-from model import RESNET_PRESETS, ViT, build_model, count_params, imagenet_state, transfer_state
+from model import BINARY_ARCHS, RESNET_PRESETS, ViT, build_model, count_params, imagenet_state, transfer_state
 from options import ARCHS, OPTIM_DEFAULTS, OPTIMIZERS, RECIPES, SECTIONS, VIT_DEFAULTS, VIT_PRESETS, Parser, fail
 
 SOFTMAX_KINDS = WINDOWED | {"full", "lsa"}  # kinds with explicit attention weights, for attention_distance
@@ -533,19 +533,21 @@ def count_flops(net, x, backward=False):
 
 
 def bit_costs(model, image_size, device):
-    """final.json's cost per image as the binary-network papers count it, from the model's own modules on a forward
-    pass: bops (binary multiply-accumulates, binary.binary_macs), flops (the full-precision multiply-accumulates of
-    its matmuls and convs: count_flops / 2 less the bops), ops = bops / 64 + flops, and model_bits."""
+    """final.json's cost per image, from one counted forward pass of the model's own modules: flops_per_image
+    (count_flops), and as the binary-network papers count it bops (binary multiply-accumulates, binary.binary_macs),
+    flops (the full-precision multiply-accumulates of its matmuls and convs: count_flops / 2 less the bops),
+    ops = bops / 64 + flops, and model_bits."""
     counted = []
     hooks = [m.register_forward_hook(lambda m, i, o: counted.append(binary_macs(m, i, o)))
              for m in model.modules() if is_binary(m)]
     try:
-        macs = count_flops(model, torch.zeros(1, 3, image_size, image_size, device=device)) // 2
+        total = count_flops(model, torch.zeros(1, 3, image_size, image_size, device=device))
     finally:
         for h in hooks:
             h.remove()
-    bops = sum(counted)
-    return dict(bops=bops, flops=macs - bops, ops=bops / 64 + macs - bops, model_bits=model_bits(model))
+    bops, macs = sum(counted), total // 2
+    return dict(flops_per_image=total, bops=bops, flops=macs - bops, ops=bops / 64 + macs - bops,
+                model_bits=model_bits(model))
 
 
 # Dense tensor-core peaks in TFLOP/s from NVIDIA's data sheets, by a name torch.cuda.get_device_name contains (the
@@ -672,8 +674,7 @@ def final_metrics(model, data, device, amp, history, thresholds):
     if getattr(model, "dist_token", None) is not None:
         out["head_test_acc"] = head_accuracies(model, data, device, amp)
     out["params"] = count_params(model)  # all of them, frozen or not
-    out["flops_per_image"] = count_flops(model, torch.zeros(1, 3, image_size, image_size, device=device))
-    out |= bit_costs(model, image_size, device)
+    out |= bit_costs(model, image_size, device)  # flops_per_image and the bit-level cost, from one counted pass
     out.update(measure_speed(model, image_size, device, amp))
     out["epochs_to"], out["seconds_to"] = threshold_crossings(history, thresholds)
     vals = [m["val_acc"] for m in history if m.get("val_acc") is not None]
@@ -1095,7 +1096,7 @@ def bench_train(argv):
         chosen = bench_list("--models", a.models, models)
         modes = [m == "on" for m in bench_list("--compile", a.compile, ["off", "on"])]
         binaries = [m == "on" for m in bench_list("--binary", a.binary, ["off", "on"])]
-        cannot = [m for m in chosen if True in binaries and m not in VIT_PRESETS and not m.startswith("resnet18")]
+        cannot = [m for m in chosen if True in binaries and m not in BINARY_ARCHS]
         if cannot:
             raise ValueError(f"--binary on: {', '.join(cannot)} has no binary twin (the ViTs and ResNet-18s do)")
         if min(a.batch_size, a.img_size, a.steps, a.warmup + 1) < 1 or (a.peak_tflops or 1) <= 0:

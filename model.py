@@ -262,6 +262,9 @@ def resnet(base, num_classes, image_size=32, stages=4, imagenet_stem=False):
     return net
 
 
+# The architectures --binary builds: every ViT (BinaryViT's blocks) and the ResNet-18s (binary.BinaryResNet).
+BINARY_ARCHS = [a for a in ARCHS if a in VIT_PRESETS or RESNET_PRESETS[a]["base"] == "resnet18"]
+
 # What a model starts from (absent: random weights) and how much of it is kept: a run's model section holds
 # these only when given. build_model makes the architecture; the weights are loaded by transfer_state.
 TRANSFER_KEYS = ("init", "pretrained", "weights", "weights_file", "truncate")
@@ -336,11 +339,11 @@ def model_config(given):
     transfer = {k: given.get(k) for k in TRANSFER_KEYS}
     given = {k: v for k, v in given.items()
              if v is not None and v is not False and k != "arch" and k not in TRANSFER_KEYS}
-    if given.get("binary") and (arch in VIT_PRESETS or RESNET_PRESETS[arch]["base"] == "resnet18"):
+    if given.get("binary") and arch in BINARY_ARCHS:
         if transfer["pretrained"]:
             raise ValueError("--binary builds binary layers that ImageNet weights do not fit; drop --pretrained")
     elif given.get("binary"):
-        resnet18s = [a for a, p in RESNET_PRESETS.items() if p["base"] == "resnet18"]
+        resnet18s = [a for a in BINARY_ARCHS if a in RESNET_PRESETS]
         raise ValueError(f"--binary applies to the ViTs and {', '.join(resnet18s)}, not to --arch {arch}")
     if arch in RESNET_PRESETS:
         vit_only = [k for k in given if k not in ("stages", "binary") and (k, given[k]) != ("attention", "full")]
